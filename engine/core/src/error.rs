@@ -1,0 +1,171 @@
+//! Every way a request can fail, carrying its HTTP meaning.
+//!
+//! A [`GatewayError`] is created where the failure is found, travels up with `?`, and is rendered
+//! once, by the engine, as OpenAI's error body: `{"error":{"message","type","param","code"}}`.
+
+use std::fmt;
+
+/// The class of a failure: decides the HTTP status, OpenAI's `type`, and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400: malformed JSON, a missing or ill-typed field.
+    InvalidRequest,
+    /// 401: no key, or a key we do not know.
+    Authentication,
+    /// 403: the key may not do this.
+    PermissionDenied,
+    /// 404: unknown model or route.
+    NotFound,
+    /// 405: a known route with the wrong method.
+    MethodNotAllowed,
+    /// 413: the body is larger than the configured limit.
+    PayloadTooLarge,
+    /// 429: a limit of ours or of the provider.
+    RateLimited,
+    /// 502: every target failed with an error or a bad answer.
+    BadGateway,
+    /// 503: no target could be tried (all circuits open, all endpoints down).
+    Unavailable,
+    /// 504: every target timed out.
+    GatewayTimeout,
+    /// 500: a bug or an internal failure of ours.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status OpenAI uses for this class.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidRequest => 400,
+            Self::Authentication => 401,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
+            Self::BadGateway => 502,
+            Self::Unavailable => 503,
+            Self::GatewayTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// OpenAI's `error.type` for this class.
+    pub fn openai_type(self) -> &'static str {
+        match self {
+            // OpenAI answers bad keys with `invalid_request_error` and a 401, so do we.
+            Self::InvalidRequest
+            | Self::Authentication
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge => "invalid_request_error",
+            Self::PermissionDenied => "permission_error",
+            Self::RateLimited => "rate_limit_error",
+            Self::BadGateway | Self::Unavailable | Self::GatewayTimeout | Self::Internal => "api_error",
+        }
+    }
+
+    /// The label this class carries in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Authentication => "authentication",
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::BadGateway => "bad_gateway",
+            Self::Unavailable => "unavailable",
+            Self::GatewayTimeout => "gateway_timeout",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A failure with everything needed to answer the client the way OpenAI would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    /// A sentence for a person: what went wrong and, where useful, what to do.
+    pub message: String,
+    /// The request field at fault, when there is one (`messages`, `model`, ...).
+    pub param: Option<String>,
+    /// A machine-readable code (`invalid_api_key`, `model_not_found`, ...).
+    pub code: Option<&'static str>,
+    /// Seconds the client should wait before retrying (429, 503), sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), param: None, code: None, retry_after: None }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// OpenAI's error body, as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.openai_type(),
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        body.to_string().into_bytes()
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.kind.label(), self.status(), self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_the_four_openai_fields() {
+        let e = GatewayError::invalid_request("bad").with_param("messages").with_code("x");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["message"], "bad");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "messages");
+        assert_eq!(v["error"]["code"], "x");
+        let e = GatewayError::new(ErrorKind::Unavailable, "down");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert!(v["error"]["param"].is_null());
+        assert_eq!(e.status(), 503);
+    }
+}

@@ -1,0 +1,27 @@
+//! # sluice-core: the contract between the engine and its plugins
+//!
+//! Sluice is an OpenAI-compatible gateway. The engine (crate `sluice`) owns the network: it reads a
+//! request once, parses it once into the typed [`wire`] model, and runs the plugin chain (crate
+//! `sluice-plugins`) over it. This crate is everything the two sides agree on, and nothing else:
+//!
+//! - [`plugin::Plugin`]: the phases a feature may act in, and [`plugin::Flow`], what it decides.
+//! - [`ctx::RequestCtx`]: the typed facts of one request that plugins share (identity, target, usage,
+//!   timings), plus private per-plugin state in its extensions.
+//! - [`wire`]: the OpenAI request shapes, parsed with simd-json, unknown fields kept verbatim.
+//! - [`error::GatewayError`]: every failure, with its HTTP status, OpenAI `type`/`code` and the
+//!   metric label; rendered in exactly one place by the engine.
+//! - [`usage::Usage`]: token counts, estimated or reported.
+//!
+//! There are no Pingora types here, so a plugin can be read, tested and fuzzed without a server.
+
+pub mod ctx;
+pub mod error;
+pub mod plugin;
+pub mod secret;
+pub mod usage;
+pub mod wire;
+
+pub use ctx::{Endpoint, Identity, RequestCtx};
+pub use error::{ErrorKind, GatewayError};
+pub use plugin::{Flow, Plugin, Reply};
+pub use usage::Usage;

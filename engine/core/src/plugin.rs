@@ -1,0 +1,62 @@
+//! The plugin contract: the phases a gateway feature may act in.
+//!
+//! Plugins run in one fixed order, defined in code by `sluice_plugins::chain` (order is policy). Every
+//! phase has a no-op default, so a plugin implements only what it needs.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::wire::Request;
+
+/// What a plugin decided in [`Plugin::on_request`].
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next plugin, then upstream.
+    Continue,
+    /// Answer the client now with this reply; no upstream call is made (e.g. a cache hit).
+    Respond(Reply),
+}
+
+/// A complete answer produced by a plugin instead of an upstream.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// The plugin's name: also its config table, metric label, log field and error-code prefix.
+    fn name(&self) -> &'static str;
+
+    /// Runs once per request on the headers alone, before the body is read: who is calling, and may
+    /// they send a body at all. `Err` rejects the request without reading its body.
+    async fn on_headers(&self, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Runs once per request after the body was parsed, before routing. `Err` rejects the request
+    /// with that error; `Flow::Respond` answers it without going upstream.
+    async fn on_request(&self, _ctx: &mut RequestCtx, _request: &mut Request) -> Result<Flow, GatewayError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Runs before each upstream attempt, on the OpenAI-shaped body about to be sent (e.g. redaction).
+    fn on_upstream_request(
+        &self,
+        _ctx: &mut RequestCtx,
+        _body: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Runs for each complete response event (one SSE event, or the whole non-streamed body) as it
+    /// goes to the client. Synchronous and O(event): it sits on the streaming path.
+    fn on_response_event(&self, _ctx: &mut RequestCtx, _event: &[u8]) {}
+
+    /// Runs once when the request is over, whatever its outcome (records, reconciliation).
+    async fn on_complete(&self, _ctx: &RequestCtx) {}
+}

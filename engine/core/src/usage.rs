@@ -1,0 +1,68 @@
+//! Token usage of one request, as reported by the provider or estimated by us.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts. `estimated` is true when the provider did not report them and we counted
+/// characters instead (about four per token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub estimated: bool,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Our estimate for a text the provider did not count: about four characters per token,
+    /// rounded up, so a non-empty text is never free.
+    pub fn estimate_tokens(chars: usize) -> u64 {
+        chars.div_ceil(4) as u64
+    }
+
+    /// Reads OpenAI's `usage` object (also the shape inside a streamed usage chunk).
+    pub fn from_openai(v: &serde_json::Value) -> Option<Self> {
+        let prompt = v.get("prompt_tokens")?.as_u64()?;
+        let completion = v.get("completion_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
+        let cached = v.pointer("/prompt_tokens_details/cached_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
+        let reasoning =
+            v.pointer("/completion_tokens_details/reasoning_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
+        Some(Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached,
+            reasoning_tokens: reasoning,
+            estimated: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_usage_with_details() {
+        let v = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2}});
+        let u = Usage::from_openai(&v).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens),
+            (10, 5, 4, 2)
+        );
+        assert_eq!(u.total(), 15);
+        assert!(!u.estimated);
+    }
+
+    #[test]
+    fn estimate_rounds_up() {
+        assert_eq!(Usage::estimate_tokens(0), 0);
+        assert_eq!(Usage::estimate_tokens(1), 1);
+        assert_eq!(Usage::estimate_tokens(8), 2);
+        assert_eq!(Usage::estimate_tokens(9), 3);
+    }
+}

@@ -1,0 +1,339 @@
+//! OpenAI's inbound request shapes, parsed once.
+//!
+//! [`Request::parse`] turns the body bytes into a JSON object with simd-json, checks the fields the
+//! gateway relies on with OpenAI's own error wording (naming the field at fault), and lifts them into
+//! typed facts. Every other field, unknown ones included, stays in [`Request::body`] and is passed on
+//! to the provider verbatim.
+
+use serde_json::{Map, Value};
+
+use crate::ctx::Endpoint;
+use crate::error::GatewayError;
+use crate::usage::Usage;
+
+/// A parsed inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub endpoint: Endpoint,
+    /// The model alias the client asked for.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage: true`).
+    pub wants_stream_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_output_tokens: Option<u64>,
+    pub user: Option<String>,
+    /// The whole body as sent, unknown fields included.
+    pub body: Map<String, Value>,
+}
+
+impl Request {
+    /// A request without a body (`GET /v1/models`), so that the plugin chain still runs.
+    pub fn listing() -> Self {
+        Self {
+            endpoint: Endpoint::Models,
+            model: String::new(),
+            stream: false,
+            wants_stream_usage: false,
+            max_output_tokens: None,
+            user: None,
+            body: Map::new(),
+        }
+    }
+
+    /// Parses and validates a body for `endpoint`. The buffer is parsed in place (simd-json).
+    pub fn parse(endpoint: Endpoint, bytes: &mut [u8]) -> Result<Self, GatewayError> {
+        let value: Value = simd_json::serde::from_slice(bytes).map_err(|_| {
+            GatewayError::invalid_request(
+                "We could not parse the JSON body of your request. The API expects a JSON payload \
+                 (Content-Type: application/json), but what was sent was not valid JSON.",
+            )
+            .with_code("invalid_json")
+        })?;
+        let Value::Object(body) = value else {
+            return Err(GatewayError::invalid_request(format!(
+                "Invalid request body: expected a JSON object, but got {} instead.",
+                type_name(&value)
+            ))
+            .with_code("invalid_type"));
+        };
+        Self::from_body(endpoint, body)
+    }
+
+    fn from_body(endpoint: Endpoint, body: Map<String, Value>) -> Result<Self, GatewayError> {
+        let model = match body.get("model") {
+            None | Some(Value::Null) => {
+                return Err(GatewayError::invalid_request("you must provide a model parameter")
+                    .with_param("model")
+                    .with_code("missing_required_parameter"));
+            }
+            Some(Value::String(m)) if m.is_empty() => {
+                return Err(GatewayError::invalid_request("you must provide a model parameter")
+                    .with_param("model")
+                    .with_code("missing_required_parameter"));
+            }
+            Some(Value::String(m)) => m.clone(),
+            Some(other) => return Err(invalid_type("model", "a string", other)),
+        };
+        match endpoint {
+            Endpoint::ChatCompletions => check_messages(&body)?,
+            Endpoint::Completions => check_text_input(&body, "prompt")?,
+            Endpoint::Embeddings => check_text_input(&body, "input")?,
+            Endpoint::Models => {}
+        }
+        let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+        let wants_stream_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => {
+                if !stream {
+                    return Err(GatewayError::invalid_request(
+                        "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                    )
+                    .with_param("stream_options")
+                    .with_code("invalid_value"));
+                }
+                match o.get("include_usage") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(invalid_type("stream_options.include_usage", "a boolean", other));
+                    }
+                }
+            }
+            Some(other) => return Err(invalid_type("stream_options", "an object", other)),
+        };
+        let max_output_tokens = match optional_count(&body, "max_completion_tokens")? {
+            Some(n) => Some(n),
+            None => optional_count(&body, "max_tokens")?,
+        };
+        optional_count(&body, "n")?;
+        let user = match body.get("user") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(u)) => Some(u.clone()),
+            Some(other) => return Err(invalid_type("user", "a string", other)),
+        };
+        Ok(Self { endpoint, model, stream, wants_stream_usage, max_output_tokens, user, body })
+    }
+
+    /// Characters of text the model will read: message contents (string or text parts), tool-call
+    /// arguments, prompts and embedding inputs. The basis of token estimates.
+    pub fn prompt_chars(&self) -> usize {
+        let mut n = 0;
+        if let Some(Value::Array(messages)) = self.body.get("messages") {
+            for m in messages {
+                n += m.get("content").map_or(0, text_chars);
+                if let Some(Value::Array(calls)) = m.get("tool_calls") {
+                    for c in calls {
+                        n += c.pointer("/function/arguments").map_or(0, text_chars);
+                    }
+                }
+            }
+        }
+        for field in ["prompt", "input"] {
+            n += self.body.get(field).map_or(0, text_chars);
+        }
+        n
+    }
+
+    /// Our estimate of the prompt's tokens, used until the provider reports real usage.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        Usage::estimate_tokens(self.prompt_chars())
+    }
+}
+
+/// Counts characters of strings in a content value: a string, an array of parts with `text`, or an
+/// array of strings (prompts, embedding inputs). Token arrays count one token as four characters.
+fn text_chars(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.chars().count(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Object(part) => part.get("text").map_or(0, text_chars),
+                Value::Number(_) => 4,
+                other => text_chars(other),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn check_messages(body: &Map<String, Value>) -> Result<(), GatewayError> {
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(GatewayError::invalid_request("Missing required parameter: 'messages'.")
+                .with_param("messages")
+                .with_code("missing_required_parameter"));
+        }
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(invalid_type("messages", "an array", other)),
+    };
+    if messages.is_empty() {
+        return Err(GatewayError::invalid_request(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an \
+             empty array instead.",
+        )
+        .with_param("messages")
+        .with_code("empty_array"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(invalid_type(&format!("messages[{i}]"), "an object", m));
+        };
+        match m.get("role") {
+            None | Some(Value::Null) => {
+                return Err(GatewayError::invalid_request(format!(
+                    "Missing required parameter: 'messages[{i}].role'."
+                ))
+                .with_param(format!("messages[{i}].role"))
+                .with_code("missing_required_parameter"));
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => return Err(invalid_type(&format!("messages[{i}].role"), "a string", other)),
+        }
+        match m.get("content") {
+            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(other) => {
+                return Err(invalid_type(
+                    &format!("messages[{i}].content"),
+                    "a string or an array of content parts",
+                    other,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_text_input(body: &Map<String, Value>, field: &str) -> Result<(), GatewayError> {
+    match body.get(field) {
+        None | Some(Value::Null) => {
+            Err(GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
+                .with_param(field)
+                .with_code("missing_required_parameter"))
+        }
+        Some(Value::String(_)) | Some(Value::Array(_)) => Ok(()),
+        Some(other) => Err(invalid_type(field, "a string or an array", other)),
+    }
+}
+
+fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GatewayError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid_type(field, "a boolean", other)),
+    }
+}
+
+/// A positive integer field (`max_tokens`, `n`).
+fn optional_count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GatewayError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => Ok(Some(v)),
+            _ => Err(GatewayError::invalid_request(format!(
+                "Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {n} instead."
+            ))
+            .with_param(field)
+            .with_code("integer_below_min_value")),
+        },
+        Some(other) => Err(invalid_type(field, "an integer", other)),
+    }
+}
+
+fn invalid_type(field: &str, expected: &str, got: &Value) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "Invalid type for '{field}': expected {expected}, but got {} instead.",
+        type_name(got)
+    ))
+    .with_param(field)
+    .with_code("invalid_type")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(endpoint: Endpoint, s: &str) -> Result<Request, GatewayError> {
+        Request::parse(endpoint, &mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn chat_request_keeps_unknown_fields_and_lifts_facts() {
+        let r = parse(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"stream":true,
+               "stream_options":{"include_usage":true},"max_tokens":7,"x_vendor":{"a":1},"seed":3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model, "m");
+        assert!(r.stream && r.wants_stream_usage);
+        assert_eq!(r.max_output_tokens, Some(7));
+        assert_eq!(r.body["x_vendor"]["a"], 1);
+        assert_eq!(r.body["seed"], 3);
+        assert_eq!(r.prompt_chars(), 5);
+        assert_eq!(r.estimated_prompt_tokens(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let cases = [
+            ("not json", None, "invalid_json"),
+            ("[1]", None, "invalid_type"),
+            (r#"{"messages":[]}"#, Some("model"), "missing_required_parameter"),
+            (r#"{"model":3,"messages":[]}"#, Some("model"), "invalid_type"),
+            (r#"{"model":"m"}"#, Some("messages"), "missing_required_parameter"),
+            (r#"{"model":"m","messages":"hi"}"#, Some("messages"), "invalid_type"),
+            (r#"{"model":"m","messages":[]}"#, Some("messages"), "empty_array"),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                Some("messages[0].role"),
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                Some("messages[0].content"),
+                "invalid_type",
+            ),
+            (r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, Some("stream"), "invalid_type"),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":0}"#,
+                Some("max_tokens"),
+                "integer_below_min_value",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{}}"#,
+                Some("stream_options"),
+                "invalid_value",
+            ),
+        ];
+        for (body, param, code) in cases {
+            let e = parse(Endpoint::ChatCompletions, body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}");
+            assert_eq!(e.code, Some(code), "{body}");
+        }
+    }
+
+    #[test]
+    fn completions_and_embeddings_need_their_input() {
+        assert!(parse(Endpoint::Completions, r#"{"model":"m","prompt":"hi"}"#).is_ok());
+        let e = parse(Endpoint::Embeddings, r#"{"model":"m"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        let r = parse(Endpoint::Embeddings, r#"{"model":"m","input":["abcd","efgh"]}"#).unwrap();
+        assert_eq!(r.prompt_chars(), 8);
+    }
+}

@@ -1,0 +1,115 @@
+//! The command line: `sluice [--config FILE] [--listen ADDR]` and `sluice check-config FILE`.
+
+use crate::config;
+
+const USAGE: &str = "usage:
+  sluice [--config FILE] [--listen ADDR]   run the gateway (default: the embedded conf/default.toml)
+  sluice check-config FILE                 validate a configuration file and exit";
+
+enum Command {
+    Run { config: Option<String>, listen: Option<String> },
+    Check { file: String },
+    Help,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    match args.first().map(String::as_str) {
+        Some("check-config") => match args.get(1..) {
+            Some([file]) => Ok(Command::Check { file: file.clone() }),
+            _ => Err("check-config takes exactly one FILE".into()),
+        },
+        Some("-h" | "--help" | "help") => Ok(Command::Help),
+        _ => {
+            let (mut config, mut listen) = (None, None);
+            let mut it = args.iter();
+            while let Some(a) = it.next() {
+                let (flag, inline) = match a.split_once('=') {
+                    Some((f, v)) => (f, Some(v.to_owned())),
+                    None => (a.as_str(), None),
+                };
+                let slot = match flag {
+                    "--config" | "-c" => &mut config,
+                    "--listen" | "-l" => &mut listen,
+                    other => return Err(format!("unknown argument `{other}`")),
+                };
+                let value = match inline {
+                    Some(v) => v,
+                    None => it.next().cloned().ok_or_else(|| format!("{flag} needs a value"))?,
+                };
+                *slot = Some(value);
+            }
+            Ok(Command::Run { config, listen })
+        }
+    }
+}
+
+fn load(path: Option<&str>) -> Result<crate::proxy::Gateway, String> {
+    let (text, origin) = match path {
+        Some(p) => (std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?, p.to_owned()),
+        None => (config::DEFAULT_TOML.to_owned(), "embedded conf/default.toml".to_owned()),
+    };
+    config::build(config::parse(&text, &origin)?).map_err(|e| format!("{origin}: {e}"))
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    crate::logging::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            0
+        }
+        Command::Check { file } => match load(Some(&file)) {
+            Ok(gw) => {
+                println!("{file}: ok ({} models, {} plugins)", gw.router.routes.len(), gw.plugins.len());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Run { config, listen } => {
+            let result = load(config.as_deref()).and_then(|gw| crate::server::run(gw, listen));
+            match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e}");
+                    eprintln!("sluice: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_the_two_commands() {
+        assert!(matches!(parse_args(&args(&[])), Ok(Command::Run { config: None, listen: None })));
+        let Ok(Command::Run { config, listen }) =
+            parse_args(&args(&["--config", "a.toml", "--listen=127.0.0.1:1"]))
+        else {
+            panic!("run")
+        };
+        assert_eq!((config.as_deref(), listen.as_deref()), (Some("a.toml"), Some("127.0.0.1:1")));
+        assert!(matches!(parse_args(&args(&["check-config", "f"])), Ok(Command::Check { .. })));
+        assert!(parse_args(&args(&["--bogus"])).is_err());
+        assert!(parse_args(&args(&["--config"])).is_err());
+    }
+}

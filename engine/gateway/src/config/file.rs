@@ -1,0 +1,211 @@
+//! The configuration file's shape: one TOML document, every table `deny_unknown_fields`.
+//!
+//! These types only describe the file. [`super::load`] checks them and turns them into runtime
+//! types (resolved secrets, parsed durations, compiled routes); `conf/example.toml` documents every key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sluice_plugins::keys::KeysConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub routing: RoutingFile,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderFile>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelFile>,
+    /// Plugin `keys`: gateway keys declared in this file.
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads (one single-threaded runtime each); 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long SIGTERM lets in-flight requests and streams finish.
+    #[serde(default = "default_drain")]
+    pub shutdown_grace: String,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// Upstream attempts per request, fallbacks included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Consecutive failures that open a target's circuit.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long an open circuit stays open before one probe request is let through.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    OpenaiCompatible,
+    Mock,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    pub kind: ProviderKind,
+    /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// More base URLs of the same provider, balanced with `base_url` and health-checked.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `env:NAME` or `file:PATH`.
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub region: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Ask the upstream for a usage chunk on every stream (`stream_options.include_usage`).
+    #[serde(default = "default_true")]
+    pub stream_usage: bool,
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
+    /// `mock` only: delay between streamed chunks.
+    #[serde(default = "default_mock_pacing")]
+    pub pacing: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Path below `base_url` probed with GET.
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_probe_interval")]
+    pub interval: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// The fallback chain: each entry is a target, or a list of targets sharing one rank (chosen
+    /// by weight). Entries are tried in order.
+    pub targets: Vec<RankFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RankFile {
+    One(TargetFile),
+    Many(Vec<TargetFile>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    pub provider: String,
+    /// The model name the provider knows.
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Overrides the provider's region.
+    pub region: Option<String>,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            threads: 0,
+            max_body_bytes: default_max_body(),
+            shutdown_grace: default_drain(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for RoutingFile {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            failure_threshold: default_failure_threshold(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        Self { enabled: true, path: default_probe_path(), interval: default_probe_interval() }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_drain() -> String {
+    "10s".into()
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_cooldown() -> String {
+    "30s".into()
+}
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+fn default_first_byte_timeout() -> String {
+    "60s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_probe_path() -> String {
+    "/models".into()
+}
+fn default_probe_interval() -> String {
+    "15s".into()
+}
+fn default_mock_pacing() -> String {
+    "20ms".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,232 @@
+//! Configuration: one TOML file in, runtime types out.
+//!
+//! [`parse`] reads the file into [`file::ConfigFile`] (unknown keys are errors, with line and
+//! column); [`build`] checks what types cannot (references between tables, URLs, durations, secrets)
+//! and produces the [`Gateway`]. Every error names the key path at fault. Without `--config`, the
+//! embedded `conf/default.toml` is used: in-memory state and the built-in mock provider.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::connectors::http::Connector;
+use sluice_core::secret::Secret;
+use sluice_plugins::PluginsConfig;
+
+use crate::metrics::Metrics;
+use crate::providers::{HttpUpstream, Provider, Transport, mock::Mock};
+use crate::proxy::Gateway;
+use crate::routing::circuit::Circuit;
+use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec};
+use crate::routing::{Route, Router, Target};
+use file::{ConfigFile, ProviderKind, RankFile};
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("../../../../conf/default.toml");
+
+/// Server-level settings, parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub tls: Option<file::TlsFile>,
+    pub max_attempts: u32,
+    pub cooldown: Duration,
+}
+
+/// Parses a TOML document; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, String> {
+    toml::from_str(text).map_err(|e| format!("{origin}: {e}"))
+}
+
+/// Checks the parsed file and builds the gateway.
+pub fn build(file: ConfigFile) -> Result<Gateway, String> {
+    let connector = Arc::new(Connector::new(None));
+    let settings = Settings {
+        listen: file.server.listen.clone(),
+        threads: file.server.threads,
+        max_body_bytes: file.server.max_body_bytes,
+        shutdown_grace: duration(&file.server.shutdown_grace, "server.shutdown_grace")?,
+        tls: file.server.tls.clone(),
+        max_attempts: file.routing.max_attempts.max(1),
+        cooldown: duration(&file.routing.cooldown, "routing.cooldown")?,
+    };
+    if settings.max_body_bytes == 0 {
+        return Err("server.max_body_bytes: must be above 0".into());
+    }
+    let mut providers = BTreeMap::new();
+    for (name, p) in &file.providers {
+        let provider = provider(name, p, &connector).map_err(|e| format!("providers.{name}.{e}"))?;
+        providers.insert(name.clone(), Arc::new(provider));
+    }
+    let mut routes = BTreeMap::new();
+    for (alias, model) in &file.models {
+        if model.targets.is_empty() {
+            return Err(format!("models.{alias}.targets: a model needs at least one target"));
+        }
+        let mut ranks = Vec::new();
+        for (i, rank) in model.targets.iter().enumerate() {
+            let entries = match rank {
+                RankFile::One(t) => std::slice::from_ref(t),
+                RankFile::Many(ts) => ts.as_slice(),
+            };
+            if entries.is_empty() {
+                return Err(format!("models.{alias}.targets[{i}]: an empty list of targets"));
+            }
+            let mut targets = Vec::new();
+            for t in entries {
+                let Some(provider) = providers.get(&t.provider) else {
+                    return Err(format!(
+                        "models.{alias}.targets[{i}].provider: unknown provider `{}` (declared: {})",
+                        t.provider,
+                        file.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                };
+                if t.model.is_empty() {
+                    return Err(format!("models.{alias}.targets[{i}].model: must not be empty"));
+                }
+                if t.weight == 0 {
+                    return Err(format!("models.{alias}.targets[{i}].weight: must be at least 1"));
+                }
+                targets.push(Arc::new(Target::new(
+                    provider.clone(),
+                    t.model.clone(),
+                    t.weight,
+                    t.region.clone().or_else(|| provider.region.clone()),
+                    Circuit::new(file.routing.failure_threshold, settings.cooldown),
+                )));
+            }
+            ranks.push(targets);
+        }
+        routes.insert(alias.clone(), Route { ranks });
+    }
+    let plugins = sluice_plugins::chain(&PluginsConfig { keys: file.keys.clone() })?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    Ok(Gateway {
+        settings,
+        router: Router { routes },
+        plugins,
+        connector,
+        metrics,
+        lifecycle: Default::default(),
+    })
+}
+
+fn provider(name: &str, p: &file::ProviderFile, connector: &Arc<Connector>) -> Result<Provider, String> {
+    let transport = match p.kind {
+        ProviderKind::Mock => {
+            if p.base_url.is_some() || !p.endpoints.is_empty() || p.api_key.is_some() {
+                return Err("kind: a `mock` provider takes no base_url, endpoints or api_key".into());
+            }
+            Transport::Mock(Mock { pacing: duration(&p.pacing, "pacing")? })
+        }
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            let Some(base) = &p.base_url else {
+                return Err("base_url: required for this kind of provider".into());
+            };
+            let mut endpoints = vec![EndpointInfo::parse(base).map_err(|e| format!("base_url: {e}"))?];
+            for (i, url) in p.endpoints.iter().enumerate() {
+                endpoints.push(EndpointInfo::parse(url).map_err(|e| format!("endpoints[{i}]: {e}"))?);
+            }
+            let api_key = match &p.api_key {
+                Some(r) => Some(Secret::resolve(r).map_err(|e| format!("api_key: {e}"))?),
+                None if p.kind == ProviderKind::Openai => {
+                    return Err("api_key: required for `openai` (e.g. \"env:OPENAI_API_KEY\")".into());
+                }
+                None => None,
+            };
+            let mut headers = Vec::new();
+            for (k, v) in &p.headers {
+                let lower = k.to_ascii_lowercase();
+                if ["host", "content-length", "authorization", "transfer-encoding"].contains(&lower.as_str())
+                {
+                    return Err(format!("headers.{k}: set by the gateway, cannot be configured"));
+                }
+                http::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("headers.{k}: not a header name"))?;
+                http::HeaderValue::from_str(v)
+                    .map_err(|_| format!("headers.{k}: not a valid header value"))?;
+                headers.push((lower, v.clone()));
+            }
+            let settings = PeerSettings {
+                connect_timeout: duration(&p.connect_timeout, "connect_timeout")?,
+                first_byte_timeout: duration(&p.first_byte_timeout, "first_byte_timeout")?,
+                idle_timeout: duration(&p.idle_timeout, "idle_timeout")?,
+            };
+            let probe = if p.health_check.enabled {
+                let mut probe_headers = headers.clone();
+                if let Some(key) = &api_key {
+                    probe_headers.push(("authorization".into(), format!("Bearer {}", key.expose())));
+                }
+                let every = duration(&p.health_check.interval, "health_check.interval")?;
+                if !p.health_check.path.starts_with('/') {
+                    return Err("health_check.path: must start with `/`".into());
+                }
+                Some(ProbeSpec { path: p.health_check.path.clone(), interval: every, headers: probe_headers })
+            } else {
+                None
+            };
+            Transport::Http(HttpUpstream {
+                pool: EndpointPool::new(endpoints, settings, probe, connector.clone()),
+                api_key,
+                headers,
+                stream_usage: p.stream_usage,
+            })
+        }
+    };
+    Ok(Provider { name: name.to_owned(), kind: p.kind, region: p.region.clone(), transport })
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`.
+pub fn duration(text: &str, key: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{key}: `{text}` is not a duration like \"500ms\", \"30s\" or \"5m\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{key}: `{text}` needs a unit: ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(duration("250ms", "k").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("30s", "k").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("2m", "k").unwrap(), Duration::from_secs(120));
+        assert!(duration("30", "k").unwrap_err().contains("unit"));
+        assert!(duration("soon", "k").unwrap_err().starts_with("k:"));
+    }
+
+    #[test]
+    fn the_embedded_default_builds() {
+        let gw = build(parse(DEFAULT_TOML, "default.toml").unwrap()).unwrap();
+        assert!(!gw.router.routes.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let e = parse("[server]\nlisten = \"x\"\nbogus = 1\n", "t.toml").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let text = "[providers.m]\nkind = \"mock\"\n[models.a]\ntargets = [{ provider = \"nope\", model = \"x\" }]\n";
+        let e = build(parse(text, "t").unwrap()).err().unwrap();
+        assert!(e.starts_with("models.a.targets[0].provider"), "{e}");
+        let text = "[providers.o]\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n";
+        let e = build(parse(text, "t").unwrap()).err().unwrap();
+        assert!(e.starts_with("providers.o.api_key"), "{e}");
+    }
+}

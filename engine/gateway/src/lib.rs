@@ -1,0 +1,17 @@
+//! # sluice: the gateway
+//!
+//! Start at [`proxy`]: it is the request lifecycle, top to bottom. [`config`] turns the TOML file
+//! into the runtime types; [`routing`] picks targets (fallback chains, circuit breakers, endpoint
+//! pools); [`providers`] knows how each vendor is reached; [`sse`] reads streams on the forwarding
+//! path; [`server`] wires Pingora; [`health`] and [`metrics`] are what operators watch.
+
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod sse;

@@ -1,0 +1,85 @@
+//! Structured logs: one JSON object per line on stderr (diagnostics) and stdout (access log).
+//!
+//! `SLUICE_LOG` sets the level (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct JsonLogger {
+    level: LevelFilter,
+}
+
+impl Log for JsonLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        // Pingora's own info lines are startup chatter; keep its warnings and errors.
+        metadata.level() <= self.level
+            && (metadata.level() <= Level::Warn || !metadata.target().starts_with("pingora"))
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = serde_json::json!({
+            "ts": now_rfc3339(),
+            "level": record.level().as_str().to_ascii_lowercase(),
+            "target": record.target(),
+            "msg": record.args().to_string(),
+        });
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the JSON logger once.
+pub fn init() {
+    let level = std::env::var("SLUICE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::Info);
+    if log::set_boxed_logger(Box::new(JsonLogger { level })).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Writes one access-log line to stdout.
+pub fn access(line: &serde_json::Value) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_look_like_rfc3339() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T");
+    }
+}

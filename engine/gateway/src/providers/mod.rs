@@ -1,0 +1,72 @@
+//! Providers: the vendors behind targets, and how a request reaches each.
+//!
+//! `openai` and `openai_compatible` speak OpenAI's wire format over HTTP (see [`openai`]); `mock` is
+//! built in and answers in-process (see [`mock`]), so a first run needs no provider key. Either way
+//! an attempt yields an [`UpstreamReply`] that the proxy forwards the same way.
+
+pub mod mock;
+pub mod openai;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::protocols::http::client::HttpSession;
+use sluice_core::secret::Secret;
+
+use crate::config::file::ProviderKind;
+use crate::routing::endpoints::EndpointPool;
+
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub region: Option<String>,
+    pub transport: Transport,
+}
+
+pub enum Transport {
+    Http(HttpUpstream),
+    Mock(mock::Mock),
+}
+
+/// An OpenAI-shaped HTTP provider: its endpoint pool, auth and extra headers.
+pub struct HttpUpstream {
+    pub pool: EndpointPool,
+    pub api_key: Option<Secret>,
+    pub headers: Vec<(String, String)>,
+    /// Ask for `stream_options.include_usage` on every stream.
+    pub stream_usage: bool,
+}
+
+impl Provider {
+    pub fn mock(name: &str, pacing: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: ProviderKind::Mock,
+            region: None,
+            transport: Transport::Mock(mock::Mock { pacing }),
+        }
+    }
+
+    pub fn kind_label(&self) -> &'static str {
+        match self.kind {
+            ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+/// A provider's answer whose status is final for this request (2xx, or a 4xx that is the client's
+/// fault). Its body is read chunk by chunk.
+pub struct UpstreamReply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    /// A live HTTP response; the session goes back to the pool when the body is fully read.
+    Http { session: Box<HttpSession>, peer: Box<pingora::prelude::HttpPeer>, idle: Duration },
+    /// Chunks produced in-process, released with a delay between them.
+    Chunks { chunks: std::collections::VecDeque<Bytes>, pacing: Duration, first: bool },
+}

@@ -1,0 +1,490 @@
+//! Forwarding: try the model's targets in fallback order until one answers.
+//!
+//! An attempt fails over to the next target on a connect error, a timeout (no first byte within the
+//! provider's deadline), a 408/429/5xx, or a broken body, and only while nothing has gone downstream.
+//! Each failure feeds the target's circuit breaker (429s cool the target down for `Retry-After`
+//! instead). Once a target answers, a JSON answer goes out whole and an SSE answer chunk by chunk as
+//! it arrives; a stream cut after that ends with an OpenAI-shaped error event and a clean close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use serde_json::Value;
+use sluice_core::ctx::TargetFacts;
+use sluice_core::wire::Request;
+use sluice_core::{ErrorKind, GatewayError, Usage};
+
+use super::{Ctx, Gateway, respond, write_error};
+use crate::providers::{HttpUpstream, ReplyBody, Transport, UpstreamReply, openai};
+use crate::routing::Target;
+use crate::routing::endpoints;
+use crate::sse::SseTracker;
+
+/// Largest non-streamed upstream answer we buffer.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why one attempt failed.
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+    retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Connect,
+    Timeout,
+    Status(u16),
+    Broken,
+    NoEndpoint,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Status(429) => "rate_limited",
+            Self::Status(_) => "bad_status",
+            Self::Broken => "broken",
+            Self::NoEndpoint => "no_endpoint",
+        }
+    }
+
+    /// Does this failure count against the target's circuit?
+    fn trips_circuit(self) -> bool {
+        !matches!(self, Self::Status(429) | Self::NoEndpoint)
+    }
+}
+
+impl Failure {
+    fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Self { kind, reason: reason.into(), retry_after: None }
+    }
+}
+
+pub async fn forward(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    mut request: Request,
+) -> Result<(), GatewayError> {
+    let Some(route) = gw.router.route(&request.model) else {
+        return Err(sluice_plugins::keys::model_not_found(&request.model));
+    };
+    let mut failures: Vec<String> = Vec::new();
+    let mut attempted_kinds: Vec<FailureKind> = Vec::new();
+    let mut retry_after: Option<Duration> = None;
+    let mut failed_addrs: Vec<SocketAddr> = Vec::new();
+    for target in route.plan() {
+        if ctx.core.attempts >= gw.settings.max_attempts {
+            break;
+        }
+        if let Some(left) = target.cooling() {
+            failures.push(format!("{} (rate limited for {}s more)", target.name, left.as_secs().max(1)));
+            retry_after = Some(retry_after.map_or(left, |r| r.min(left)));
+            continue;
+        }
+        if !target.circuit.admit() {
+            failures.push(format!("{} (circuit open)", target.name));
+            retry_after = Some(retry_after.map_or(gw.settings.cooldown, |r| r.min(gw.settings.cooldown)));
+            continue;
+        }
+        ctx.core.attempts += 1;
+        ctx.core.target = Some(TargetFacts {
+            name: target.name.clone(),
+            provider: target.provider.name.clone(),
+            upstream_model: target.upstream_model.clone(),
+            region: target.region.clone(),
+        });
+        let started = Instant::now();
+        let outcome = attempt(gw, ctx, &mut request, &target, &mut failed_addrs).await;
+        ctx.upstream_time += started.elapsed();
+        match outcome {
+            Ok((reply, hide_usage)) => {
+                ctx.ttfb = Some(started.elapsed());
+                gw.metrics.observe_ttfb(&target.name, started.elapsed());
+                gw.metrics.attempts.with_label_values(&[target.name.as_str(), "ok"]).inc();
+                target.circuit.record_success();
+                return deliver(gw, session, ctx, &request, reply, hide_usage).await;
+            }
+            Err(f) => {
+                gw.metrics.attempts.with_label_values(&[target.name.as_str(), f.kind.label()]).inc();
+                if f.kind.trips_circuit() {
+                    target.circuit.record_failure();
+                }
+                if let Some(d) = f.retry_after {
+                    target.cool_down(d);
+                    retry_after = Some(retry_after.map_or(d, |r| r.min(d)));
+                }
+                log::warn!(
+                    "request {} attempt {} on {} failed: {}",
+                    ctx.core.request_id,
+                    ctx.core.attempts,
+                    target.name,
+                    f.reason
+                );
+                failures.push(format!("{} ({})", target.name, f.reason));
+                attempted_kinds.push(f.kind);
+            }
+        }
+    }
+    Err(spent(&request.model, &failures, &attempted_kinds, retry_after))
+}
+
+/// The error once every target is spent: 504 when all attempts timed out, 503 when none could be
+/// made (circuits open, rate limited, no endpoint) or all were rate limited, 502 otherwise.
+fn spent(
+    model: &str,
+    failures: &[String],
+    kinds: &[FailureKind],
+    retry_after: Option<Duration>,
+) -> GatewayError {
+    let kind = if !kinds.is_empty() && kinds.iter().all(|k| *k == FailureKind::Timeout) {
+        ErrorKind::GatewayTimeout
+    } else if kinds.iter().all(|k| matches!(k, FailureKind::Status(429) | FailureKind::NoEndpoint)) {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::BadGateway
+    };
+    let tried = if failures.is_empty() { "no target was available".to_owned() } else { failures.join(", ") };
+    let mut e = GatewayError::new(kind, format!("No upstream could serve model `{model}`. Tried: {tried}."))
+        .with_code("upstream_unavailable");
+    if kind == ErrorKind::Unavailable {
+        e = e.with_retry_after(retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    e
+}
+
+/// One attempt on one target. On success the reply's status is final for this request.
+async fn attempt(
+    gw: &Gateway,
+    ctx: &mut Ctx,
+    request: &mut Request,
+    target: &Arc<Target>,
+    failed_addrs: &mut Vec<SocketAddr>,
+) -> Result<(UpstreamReply, bool), Failure> {
+    let asks_usage = match &target.provider.transport {
+        Transport::Http(up) => up.stream_usage,
+        Transport::Mock(_) => true,
+    };
+    let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
+    let had_options = request.body.contains_key("stream_options");
+    request.body.insert("model".into(), Value::String(target.upstream_model.clone()));
+    if hide_usage {
+        let options =
+            request.body.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(o) = options {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    let mut outcome = Ok(());
+    for plugin in &gw.plugins {
+        if let Err(e) = plugin.on_upstream_request(&mut ctx.core, &mut request.body) {
+            outcome = Err(Failure::new(FailureKind::Broken, e.message));
+            break;
+        }
+    }
+    let result = match (outcome, &target.provider.transport) {
+        (Err(f), _) => Err(f),
+        (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
+        (Ok(()), Transport::Http(up)) => {
+            let body = serde_json::to_vec(&request.body).unwrap_or_default();
+            http_attempt(gw, ctx, request, up, Bytes::from(body), failed_addrs).await
+        }
+    };
+    // Later attempts and plugins see the request as the client sent it.
+    request.body.insert("model".into(), Value::String(request.model.clone()));
+    if hide_usage {
+        if had_options {
+            if let Some(Value::Object(o)) = request.body.get_mut("stream_options") {
+                o.remove("include_usage");
+            }
+        } else {
+            request.body.remove("stream_options");
+        }
+    }
+    let mut reply = result?;
+    // A JSON answer is read whole here, so that a body cut short can still fall over.
+    if !is_sse(&reply) {
+        let body = read_all(&mut reply.body, &gw.connector).await?;
+        reply.body = ReplyBody::Chunks {
+            chunks: std::iter::once(body).collect(),
+            pacing: Duration::ZERO,
+            first: true,
+        };
+    }
+    Ok((reply, hide_usage))
+}
+
+async fn http_attempt(
+    gw: &Gateway,
+    ctx: &Ctx,
+    request: &Request,
+    up: &HttpUpstream,
+    body: Bytes,
+    failed_addrs: &mut Vec<SocketAddr>,
+) -> Result<UpstreamReply, Failure> {
+    let Some((addr, info)) = up.pool.select(failed_addrs) else {
+        return Err(Failure::new(FailureKind::NoEndpoint, "no healthy endpoint"));
+    };
+    let settings = &up.pool.settings;
+    let peer = endpoints::peer(addr, &info, settings);
+    let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
+        .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
+    let exchange = async {
+        // A pooled connection may have gone stale: one immediate retry on a fresh one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (mut s, reused) = gw.connector.get_http_session(&peer).await.map_err(|e| {
+                Failure::new(FailureKind::Connect, format!("connect to {addr}: {}", e.etype().as_str()))
+            })?;
+            let sent = async {
+                s.write_request_header(Box::new(header.clone())).await?;
+                s.write_request_body(body.clone(), true).await?;
+                s.finish_request_body().await?;
+                s.read_response_header().await
+            }
+            .await;
+            match sent {
+                Ok(()) => return Ok(s),
+                Err(_) if reused && tries < 2 => continue,
+                Err(e) => {
+                    return Err(Failure::new(
+                        FailureKind::Broken,
+                        format!("exchange with {addr}: {}", e.etype().as_str()),
+                    ));
+                }
+            }
+        }
+    };
+    let session = match tokio::time::timeout(settings.first_byte_timeout, exchange).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(f)) => {
+            if f.kind == FailureKind::Connect {
+                failed_addrs.push(addr);
+            }
+            return Err(f);
+        }
+        Err(_) => {
+            return Err(Failure::new(
+                FailureKind::Timeout,
+                format!("no first byte within {} ms", settings.first_byte_timeout.as_millis()),
+            ));
+        }
+    };
+    let Some(h) = session.response_header() else {
+        return Err(Failure::new(FailureKind::Broken, "no response header"));
+    };
+    let status = h.status.as_u16();
+    let content_type = h.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after = h
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    if status == 408 || status == 429 || status >= 500 {
+        let mut body =
+            ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle: settings.idle_timeout };
+        let text =
+            read_all(&mut body, &gw.connector).await.map(|b| openai::error_message(&b)).unwrap_or_default();
+        let mut f = Failure::new(FailureKind::Status(status), format!("HTTP {status}: {text}"));
+        if status == 429 {
+            f.retry_after = retry_after.or(Some(Duration::from_secs(1)));
+        }
+        return Err(f);
+    }
+    Ok(UpstreamReply {
+        status,
+        content_type,
+        body: ReplyBody::Http {
+            session: Box::new(session),
+            peer: Box::new(peer),
+            idle: settings.idle_timeout,
+        },
+    })
+}
+
+fn is_sse(reply: &UpstreamReply) -> bool {
+    reply.content_type.as_deref().is_some_and(|c| c.starts_with("text/event-stream"))
+}
+
+impl ReplyBody {
+    /// The next chunk; `Ok(None)` at the end. HTTP sessions go back to the pool when drained.
+    async fn next(
+        &mut self,
+        connector: &pingora::connectors::http::Connector,
+    ) -> Result<Option<Bytes>, Failure> {
+        match self {
+            ReplyBody::Chunks { chunks, pacing, first } => {
+                if !*first && !pacing.is_zero() && !chunks.is_empty() {
+                    tokio::time::sleep(*pacing).await;
+                }
+                *first = false;
+                Ok(chunks.pop_front())
+            }
+            ReplyBody::Http { session, idle, .. } => {
+                match tokio::time::timeout(*idle, session.read_response_body()).await {
+                    Ok(Ok(Some(b))) => Ok(Some(b)),
+                    Ok(Ok(None)) => {
+                        release(self, connector).await;
+                        Ok(None)
+                    }
+                    Ok(Err(e)) => Err(Failure::new(
+                        FailureKind::Broken,
+                        format!("stream broken: {}", e.etype().as_str()),
+                    )),
+                    Err(_) => Err(Failure::new(
+                        FailureKind::Timeout,
+                        format!("no data for {} ms", idle.as_millis()),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Returns a drained HTTP session to the connection pool.
+async fn release(body: &mut ReplyBody, connector: &pingora::connectors::http::Connector) {
+    let done = std::mem::replace(
+        body,
+        ReplyBody::Chunks { chunks: Default::default(), pacing: Duration::ZERO, first: true },
+    );
+    if let ReplyBody::Http { session, peer, .. } = done {
+        let session: HttpSession = *session;
+        connector.release_http_session(session, &*peer, Some(Duration::from_secs(90))).await;
+    }
+}
+
+/// Reads a whole (non-streamed) answer, bounded.
+async fn read_all(
+    body: &mut ReplyBody,
+    connector: &pingora::connectors::http::Connector,
+) -> Result<Bytes, Failure> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next(connector).await? {
+        if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::new(FailureKind::Broken, "answer larger than 64 MiB"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Sends the chosen target's answer downstream.
+async fn deliver(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    request: &Request,
+    mut reply: UpstreamReply,
+    hide_usage: bool,
+) -> Result<(), GatewayError> {
+    let content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
+    if !is_sse(&reply) {
+        let body = read_all(&mut reply.body, &gw.connector)
+            .await
+            .map_err(|f| GatewayError::new(ErrorKind::BadGateway, f.reason))?;
+        if (200..300).contains(&reply.status) {
+            ctx.core.usage = Some(json_usage(&body, request));
+            for plugin in &gw.plugins {
+                plugin.on_response_event(&mut ctx.core, &body);
+            }
+        }
+        let h = respond::header(ctx, reply.status, &content_type).map_err(write_error)?;
+        return respond::full(session, ctx, h, body).await.map_err(write_error);
+    }
+    let mut h =
+        respond::header(ctx, reply.status, "text/event-stream; charset=utf-8").map_err(write_error)?;
+    h.insert_header("cache-control", "no-cache").map_err(write_error)?;
+    h.insert_header("transfer-encoding", "chunked").map_err(write_error)?;
+    let started = Instant::now();
+    session.write_response_header(Box::new(h), false).await.map_err(write_error)?;
+    ctx.downstream_time += started.elapsed();
+
+    let mut tracker = SseTracker::new(hide_usage);
+    let outcome = loop {
+        let waited = Instant::now();
+        let next = reply.body.next(&gw.connector).await;
+        ctx.upstream_time += waited.elapsed();
+        match next {
+            Ok(Some(chunk)) => {
+                let plugins = &gw.plugins;
+                let core = &mut ctx.core;
+                let out = tracker.feed(chunk, |event| {
+                    for p in plugins {
+                        p.on_response_event(core, event);
+                    }
+                });
+                if !out.is_empty() {
+                    let wrote = Instant::now();
+                    let sent = session.write_response_body(Some(out), false).await;
+                    ctx.downstream_time += wrote.elapsed();
+                    if sent.is_err() {
+                        break Err("the client went away".to_owned());
+                    }
+                }
+            }
+            Ok(None) if tracker.saw_done => break Ok(()),
+            Ok(None) => break Err("the upstream closed the stream before it was complete".to_owned()),
+            Err(f) => break Err(format!("the upstream stream failed: {}", f.reason)),
+        }
+    };
+    ctx.core.usage = Some(tracker.usage.unwrap_or_else(|| Usage {
+        prompt_tokens: request.estimated_prompt_tokens(),
+        completion_tokens: Usage::estimate_tokens(tracker.content_chars),
+        estimated: true,
+        ..Usage::default()
+    }));
+    let mut tail = BytesMut::from(&tracker.finish()[..]);
+    if let Err(reason) = &outcome {
+        log::warn!("request {}: {reason}", ctx.core.request_id);
+        ctx.error = Some(GatewayError::new(ErrorKind::BadGateway, reason.clone()));
+        if !tail.is_empty() && !tail.ends_with(b"\n\n") {
+            tail.extend_from_slice(b"\n\n");
+        }
+        let event = serde_json::json!({"error": {"message": format!("Stream interrupted: {reason}."),
+            "type": "api_error", "param": null, "code": "stream_interrupted"}});
+        tail.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+    }
+    let wrote = Instant::now();
+    let end = if tail.is_empty() { None } else { Some(tail.freeze()) };
+    let _ = session.write_response_body(end, true).await;
+    ctx.downstream_time += wrote.elapsed();
+    Ok(())
+}
+
+/// Usage of a non-streamed answer: reported, or estimated from its text.
+fn json_usage(body: &[u8], request: &Request) -> Usage {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    if let Some(u) = parsed.as_ref().and_then(|v| v.get("usage")).and_then(Usage::from_openai) {
+        return u;
+    }
+    let chars: usize = parsed
+        .as_ref()
+        .and_then(|v| v.get("choices"))
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices
+                .iter()
+                .filter_map(|c| {
+                    c.pointer("/message/content").or_else(|| c.get("text")).and_then(Value::as_str)
+                })
+                .map(|s| s.chars().count())
+                .sum()
+        })
+        .unwrap_or(0);
+    Usage {
+        prompt_tokens: request.estimated_prompt_tokens(),
+        completion_tokens: Usage::estimate_tokens(chars),
+        estimated: true,
+        ..Usage::default()
+    }
+}

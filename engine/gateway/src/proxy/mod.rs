@@ -1,0 +1,306 @@
+//! The request lifecycle, in the order Pingora runs it.
+//!
+//! ```text
+//! early_request_filter  request id, start instant
+//! request_filter        route table → /health, /metrics, or the API:
+//!                         credential → body (bounded, read once) → parse once → plugin chain
+//!                         → forward: targets in fallback order, each attempt over pingora's
+//!                           pooled connector (h1/h2, TLS); retry only before the first byte went
+//!                           downstream → answer: JSON whole, or SSE chunk by chunk
+//!                       → always answered here (returns true), so Pingora's own upstream phase
+//!                         (`upstream_peer`) never runs
+//! fail_to_proxy         a Pingora-level error: rendered by the same OpenAI-shaped renderer
+//! logging               metrics, one JSON access-log line, plugin on_complete
+//! ```
+//!
+//! Why the upstream call is made in `request_filter` rather than through `upstream_peer`: Pingora can
+//! only replay a body it pre-read through its 64 KiB retry buffer, and a gateway must read the whole
+//! body (routing by `model`, plugins, translation) and resend it on fallback. `docs/lifecycle.md`
+//! tells the full reasoning.
+
+mod forward;
+mod inbound;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+use serde_json::json;
+use sluice_core::ctx::Endpoint;
+use sluice_core::wire::Request;
+use sluice_core::{ErrorKind, Flow, GatewayError, Plugin, RequestCtx};
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use crate::server::{InflightGuard, Lifecycle};
+use inbound::RouteKind;
+
+/// The gateway: settings, routes, plugins, the shared upstream connector and the metrics.
+pub struct Gateway {
+    pub settings: Settings,
+    pub router: Router,
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    pub connector: Arc<Connector>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// Per-request state: the plugins' shared facts plus the engine's own bookkeeping.
+pub struct Ctx {
+    pub core: RequestCtx,
+    /// Time spent waiting on upstreams (connect, first byte, body reads).
+    pub upstream_time: Duration,
+    /// Time spent writing to the client.
+    pub downstream_time: Duration,
+    pub ttfb: Option<Duration>,
+    pub route_label: &'static str,
+    pub error: Option<GatewayError>,
+    /// `Allow` header for a 405.
+    pub allow: Option<&'static str>,
+    _inflight: InflightGuard,
+}
+
+impl Ctx {
+    /// Time spent in Sluice itself so far.
+    pub fn overhead(&self) -> Duration {
+        self.core.started.elapsed().saturating_sub(self.upstream_time + self.downstream_time)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            core: RequestCtx::new(String::new()),
+            upstream_time: Duration::ZERO,
+            downstream_time: Duration::ZERO,
+            ttfb: None,
+            route_label: "other",
+            error: None,
+            allow: None,
+            _inflight: self.lifecycle.enter(),
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+        ctx.core.started = Instant::now();
+        ctx.core.received_at = std::time::SystemTime::now();
+        ctx.core.request_id = inbound::request_id(session).unwrap_or_else(new_request_id);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let outcome = self.handle(session, ctx).await;
+        if let Err(e) = outcome {
+            if session.response_written().is_none()
+                && let Err(write) = respond::error(session, ctx, &e).await
+            {
+                log::debug!("cannot write the error response: {write}");
+            }
+            ctx.error = Some(e);
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; reaching this is a bug.
+        Error::e_explain(ErrorType::InternalError, "upstream_peer is not used by Sluice")
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let error = GatewayError::internal(format!(
+            "The gateway failed to handle the request: {}",
+            e.etype().as_str()
+        ));
+        let code = if session.response_written().is_some() {
+            0
+        } else {
+            match respond::error(session, ctx, &error).await {
+                Ok(()) => error.status(),
+                Err(_) => 0,
+            }
+        };
+        ctx.error = Some(error);
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.core.status == 0 {
+            ctx.core.status = session.response_written().map_or(0, |h| h.status.as_u16());
+        }
+        for plugin in &self.plugins {
+            plugin.on_complete(&ctx.core).await;
+        }
+        self.record(session, e, ctx);
+    }
+}
+
+impl Gateway {
+    /// Dispatches one request; any error is rendered by the caller.
+    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        let method = session.req_header().method.as_str().to_owned();
+        let path = session.req_header().uri.path().to_owned();
+        let route = inbound::route(&method, &path);
+        ctx.route_label = match route {
+            RouteKind::Health => "/health",
+            RouteKind::Metrics => "/metrics",
+            RouteKind::Api(e) => match e {
+                Endpoint::ChatCompletions => "/v1/chat/completions",
+                Endpoint::Completions => "/v1/completions",
+                Endpoint::Embeddings => "/v1/embeddings",
+                Endpoint::Models => "/v1/models",
+            },
+            RouteKind::WrongMethod(_) | RouteKind::Unknown => "other",
+        };
+        match route {
+            RouteKind::Health => {
+                let (mut status, mut body) = crate::health::report(&self.router);
+                if self.lifecycle.draining() {
+                    status = 503;
+                    body["status"] = "draining".into();
+                }
+                respond::json(session, ctx, status, body.to_string().into_bytes()).await.map_err(write_error)
+            }
+            RouteKind::Metrics => {
+                for t in self.router.targets() {
+                    self.metrics.circuit.with_label_values(&[t.name.as_str()]).set(t.circuit.state().gauge());
+                }
+                let h = respond::header(ctx, 200, "text/plain; version=0.0.4").map_err(write_error)?;
+                respond::full(session, ctx, h, Bytes::from(self.metrics.render())).await.map_err(write_error)
+            }
+            RouteKind::WrongMethod(allow) => {
+                ctx.allow = Some(allow);
+                Err(GatewayError::new(
+                    ErrorKind::MethodNotAllowed,
+                    format!("Method {method} is not allowed on {path}; use {allow}."),
+                ))
+            }
+            RouteKind::Unknown => {
+                Err(GatewayError::new(ErrorKind::NotFound, format!("Invalid URL ({method} {path})")))
+            }
+            RouteKind::Api(endpoint) => self.api(session, ctx, endpoint).await,
+        }
+    }
+
+    async fn api(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        endpoint: Endpoint,
+    ) -> Result<(), GatewayError> {
+        ctx.core.endpoint = Some(endpoint);
+        ctx.core.credential = inbound::credential(session);
+        for plugin in &self.plugins {
+            plugin.on_headers(&mut ctx.core).await?;
+        }
+        let mut request = if endpoint == Endpoint::Models {
+            Request::listing()
+        } else {
+            let mut body = inbound::body(session, self.settings.max_body_bytes).await?;
+            Request::parse(endpoint, &mut body)?
+        };
+        ctx.core.model = (!request.model.is_empty()).then(|| request.model.clone());
+        ctx.core.stream = request.stream;
+        for plugin in &self.plugins {
+            match plugin.on_request(&mut ctx.core, &mut request).await? {
+                Flow::Continue => {}
+                Flow::Respond(reply) => {
+                    let content_type = reply
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                        .map_or("application/json", |(_, v)| v.as_str())
+                        .to_owned();
+                    let mut h = respond::header(ctx, reply.status, &content_type).map_err(write_error)?;
+                    for (k, v) in &reply.headers {
+                        h.insert_header(k.clone(), v.as_str()).map_err(write_error)?;
+                    }
+                    return respond::full(session, ctx, h, reply.body).await.map_err(write_error);
+                }
+            }
+        }
+        if endpoint == Endpoint::Models {
+            return self.list_models(session, ctx).await;
+        }
+        forward::forward(self, session, ctx, request).await
+    }
+
+    /// `GET /v1/models`: the aliases the caller's key may use, in OpenAI's list shape.
+    async fn list_models(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        let data: Vec<_> = self
+            .router
+            .routes
+            .keys()
+            .filter(|alias| ctx.core.identity.as_ref().is_none_or(|i| i.may_use(alias)))
+            .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "sluice"}))
+            .collect();
+        let body = json!({"object": "list", "data": data}).to_string().into_bytes();
+        respond::json(session, ctx, 200, body).await.map_err(write_error)
+    }
+
+    /// Metrics and the access-log line of a finished request.
+    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx) {
+        let model = ctx.core.model.as_deref().unwrap_or("");
+        let target = ctx.core.target.as_ref().map_or("none", |t| t.name.as_str());
+        let status = ctx.core.status.to_string();
+        let elapsed = ctx.core.started.elapsed();
+        let overhead = ctx.overhead();
+        self.metrics.requests.with_label_values(&[ctx.route_label, model, target, &status]).inc();
+        self.metrics.latency.with_label_values(&[ctx.route_label, model]).observe(elapsed.as_secs_f64());
+        if ctx.route_label.starts_with("/v1/") {
+            self.metrics.overhead.observe(overhead.as_secs_f64());
+        }
+        if let Some(u) = &ctx.core.usage {
+            self.metrics.tokens.with_label_values(&[model, target, "prompt"]).inc_by(u.prompt_tokens);
+            self.metrics.tokens.with_label_values(&[model, target, "completion"]).inc_by(u.completion_tokens);
+        }
+        if ctx.core.attempts > 1 {
+            self.metrics.retries.with_label_values(&[model]).inc_by(u64::from(ctx.core.attempts - 1));
+        }
+        let identity = ctx.core.identity.as_ref();
+        let line = json!({
+            "ts": crate::logging::now_rfc3339(),
+            "level": "info",
+            "msg": "access",
+            "request_id": ctx.core.request_id,
+            "method": session.req_header().method.as_str(),
+            "path": session.req_header().uri.path(),
+            "status": ctx.core.status,
+            "model": ctx.core.model,
+            "stream": ctx.core.stream,
+            "target": ctx.core.target.as_ref().map(|t| &t.name),
+            "attempts": ctx.core.attempts,
+            "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "upstream_ms": (ctx.upstream_time.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "ttfb_ms": ctx.ttfb.map(|t| (t.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            "overhead_us": overhead.as_micros() as u64,
+            "prompt_tokens": ctx.core.usage.map(|u| u.prompt_tokens),
+            "completion_tokens": ctx.core.usage.map(|u| u.completion_tokens),
+            "usage_estimated": ctx.core.usage.map(|u| u.estimated),
+            "key_id": identity.map(|i| &i.key_id),
+            "team": identity.map(|i| &i.team),
+            "app": identity.map(|i| &i.app),
+            "error": ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
+            "client": session.client_addr().map(|a| a.to_string()),
+        });
+        crate::logging::access(&line);
+    }
+}
+
+#[expect(clippy::boxed_local, reason = "pingora's errors arrive boxed; this maps them with `map_err`")]
+fn write_error(e: Box<Error>) -> GatewayError {
+    GatewayError::internal(format!("cannot write the response: {}", e.etype().as_str()))
+}
+
+fn new_request_id() -> String {
+    format!("req_{:032x}", rand::random::<u128>())
+}

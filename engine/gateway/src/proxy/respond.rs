@@ -1,0 +1,64 @@
+//! Writing answers downstream. This is the one place where errors become OpenAI-shaped bodies.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use sluice_core::GatewayError;
+
+use super::Ctx;
+
+/// A response header with what every answer carries: `x-request-id`, `Server-Timing` and
+/// `x-sluice-overhead-us` (the gateway's own time so far).
+pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    h.insert_header("content-type", content_type)?;
+    h.insert_header("x-request-id", ctx.core.request_id.as_str())?;
+    let gateway = ctx.overhead();
+    let mut timing = format!("gateway;dur={:.3}", gateway.as_secs_f64() * 1000.0);
+    if !ctx.upstream_time.is_zero() {
+        timing.push_str(&format!(", upstream;dur={:.3}", ctx.upstream_time.as_secs_f64() * 1000.0));
+    }
+    h.insert_header("server-timing", timing)?;
+    h.insert_header("x-sluice-overhead-us", gateway.as_micros().to_string())?;
+    if let Some(t) = &ctx.core.target {
+        h.insert_header("x-sluice-target", t.name.as_str())?;
+    }
+    if ctx.core.attempts > 0 {
+        h.insert_header("x-sluice-attempts", ctx.core.attempts.to_string())?;
+    }
+    ctx.core.status = status;
+    Ok(h)
+}
+
+/// A complete answer with a known length.
+pub async fn full(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    mut h: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    h.insert_header("content-length", body.len().to_string())?;
+    let started = std::time::Instant::now();
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    ctx.downstream_time += started.elapsed();
+    Ok(())
+}
+
+pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+    let h = header(ctx, status, "application/json")?;
+    full(session, ctx, h, Bytes::from(body)).await
+}
+
+/// Renders `e` as OpenAI's error body with its status (and `Retry-After`, `Allow` where due).
+pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> pingora::Result<()> {
+    let mut h = header(ctx, e.status(), "application/json")?;
+    if let Some(s) = e.retry_after {
+        h.insert_header("retry-after", s.to_string())?;
+    }
+    if let Some(allow) = ctx.allow {
+        h.insert_header("allow", allow)?;
+    }
+    ctx.error = Some(e.clone());
+    full(session, ctx, h, Bytes::from(e.to_json())).await
+}

@@ -1,0 +1,162 @@
+//! The Pingora server: thread-per-core listeners, the endpoint upkeep services, and shutdown.
+//!
+//! SIGTERM drains: the gateway reports `draining` on `/health`, lets in-flight requests and streams
+//! finish for up to `server.shutdown_grace`, then closes its listeners and exits — without Pingora's
+//! fixed five-minute wait. SIGINT exits at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::background_service;
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::providers::Transport;
+use crate::proxy::Gateway;
+
+/// Requests in flight and whether a shutdown is draining them.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    inflight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+}
+
+pub struct InflightGuard(Arc<Lifecycle>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the gateway until a signal stops it. `listen` overrides `server.listen`.
+pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
+    let settings = gateway.settings.clone();
+    let listen = listen.unwrap_or_else(|| settings.listen.clone());
+    let threads = if settings.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        settings.threads
+    };
+    let pools = pools(&gateway);
+    // Resolve every endpoint before the first request arrives.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        for lb in &pools {
+            if let Err(e) = lb.update().await {
+                log::warn!("endpoint discovery failed at start (will retry): {e}");
+            }
+        }
+    });
+    drop(rt);
+
+    let lifecycle = Arc::new(Lifecycle::default());
+    gateway.lifecycle = lifecycle.clone();
+    let conf = ServerConf {
+        threads,
+        work_stealing: false,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 512,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&listen);
+    if let Some(tls) = &settings.tls {
+        let mut tls_settings = TlsSettings::intermediate(&tls.cert, &tls.key)
+            .map_err(|e| format!("server.tls: cannot load certificate or key: {e}"))?;
+        tls_settings.enable_h2();
+        proxy.add_tls_with_settings(&tls.listen, None, tls_settings);
+    }
+    server.add_service(proxy);
+    for (i, lb) in pools.into_iter().enumerate() {
+        let mut svc = background_service(&format!("endpoints-{i}"), Upkeep(lb));
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+    log::info!("sluice listening on {listen} with {threads} threads");
+    server.run(RunArgs { shutdown_signal: Box::new(Drain { lifecycle, grace: settings.shutdown_grace }) });
+    Ok(())
+}
+
+fn pools(gateway: &Gateway) -> Vec<Arc<LoadBalancer<RoundRobin>>> {
+    let mut seen: Vec<Arc<LoadBalancer<RoundRobin>>> = Vec::new();
+    for t in gateway.router.targets() {
+        if let Transport::Http(up) = &t.provider.transport
+            && !seen.iter().any(|s| Arc::ptr_eq(s, &up.pool.lb))
+        {
+            seen.push(up.pool.lb.clone());
+        }
+    }
+    seen
+}
+
+/// Runs a pool's discovery and health checks (a `LoadBalancer` is itself a background service).
+struct Upkeep(Arc<LoadBalancer<RoundRobin>>);
+
+#[async_trait]
+impl BackgroundService for Upkeep {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await;
+    }
+}
+
+/// SIGTERM: drain, then a graceful stop; SIGINT: stop now.
+struct Drain {
+    lifecycle: Arc<Lifecycle>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            log::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        self.lifecycle.draining.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + self.grace;
+        log::info!("SIGTERM: draining in-flight requests for up to {} s", self.grace.as_secs_f64());
+        loop {
+            let inflight = self.lifecycle.inflight.load(Ordering::Relaxed);
+            if inflight == 0 || Instant::now() >= deadline {
+                log::info!("shutting down with {inflight} requests in flight");
+                return ShutdownSignal::GracefulTerminate;
+            }
+            tokio::select! {
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Plugin `keys`: who is calling.
+//!
+//! Resolves the presented gateway key to an [`Identity`] (key id, org, team, app) by its SHA-256,
+//! rejects missing or unknown keys with OpenAI's 401, and refuses models the key may not use with
+//! OpenAI's 404 `model_not_found`, so a caller cannot even learn that a model exists.
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use sluice_core::ctx::Endpoint;
+use sluice_core::secret::Secret;
+use sluice_core::wire::Request;
+use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
+
+pub use config::{KeyConfig, KeysConfig};
+
+pub const NAME: &str = "keys";
+
+type KeyHash = [u8; 32];
+
+pub struct Keys {
+    by_hash: HashMap<KeyHash, Identity>,
+}
+
+impl Keys {
+    /// Builds the key table. Errors name the entry (`key[2].sha256: ...`).
+    pub fn new(config: &KeysConfig) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        for (i, k) in config.key.iter().enumerate() {
+            let hash = match (&k.sha256, &k.secret, &k.demo_key) {
+                (Some(hex), None, None) => {
+                    parse_hex(hex).ok_or_else(|| format!("key[{i}].sha256: expected 64 hex digits"))?
+                }
+                (None, Some(reference), None) => {
+                    let secret = Secret::resolve(reference).map_err(|e| format!("key[{i}].secret: {e}"))?;
+                    hash_key(secret.expose())
+                }
+                (None, None, Some(literal)) => hash_key(literal),
+                _ => {
+                    return Err(format!("key[{i}]: set exactly one of `sha256`, `secret` or `demo_key`"));
+                }
+            };
+            let identity = Identity {
+                key_id: k.id.clone(),
+                org: k.org.clone(),
+                team: k.team.clone(),
+                app: k.app.clone(),
+                user: k.user.clone(),
+                allowed_models: k.models.clone(),
+            };
+            if by_hash.insert(hash, identity).is_some() {
+                return Err(format!("key[{i}]: the same key is declared twice"));
+            }
+        }
+        Ok(Self { by_hash })
+    }
+}
+
+#[async_trait]
+impl Plugin for Keys {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn on_headers(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        let Some(presented) = ctx.credential.as_deref() else {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                "You didn't provide an API key. You need to provide your gateway key in an \
+                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            ));
+        };
+        let Some(identity) = self.by_hash.get(&hash_key(presented)) else {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                format!("Incorrect API key provided: {}.", mask(presented)),
+            )
+            .with_code("invalid_api_key"));
+        };
+        ctx.identity = Some(identity.clone());
+        Ok(())
+    }
+
+    async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {
+        let allowed = ctx.identity.as_ref().is_some_and(|i| i.may_use(&request.model));
+        if request.endpoint != Endpoint::Models && !allowed {
+            return Err(model_not_found(&request.model));
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// OpenAI's answer for a model that is unknown or not allowed: the two are indistinguishable.
+pub fn model_not_found(model: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NotFound,
+        format!("The model `{model}` does not exist or you do not have access to it."),
+    )
+    .with_param("model")
+    .with_code("model_not_found")
+}
+
+pub fn hash_key(key: &str) -> KeyHash {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Shows the first six and last four characters of a key, as OpenAI does in its 401.
+fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 12 {
+        return "***".to_owned();
+    }
+    let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+fn parse_hex(hex: &str) -> Option<KeyHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

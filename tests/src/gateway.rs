@@ -1,0 +1,161 @@
+//! Starts the real gateway binary for one test.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The provider key every test config reads with `api_key = "file:{dir}/provider.key"`.
+pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
+
+pub struct TestGateway {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl TestGateway {
+    /// Writes `config` (its `[server]` table is added here) and starts `bin` on a free port; returns
+    /// once `/health` answers.
+    pub async fn start(bin: &str, config: &str) -> Self {
+        Self::launch(bin, Some(config)).await
+    }
+
+    /// Starts the gateway without `--config`: the embedded default.
+    pub async fn start_default(bin: &str) -> Self {
+        Self::launch(bin, None).await
+    }
+
+    async fn launch(bin: &str, config: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("sluice.toml");
+        std::fs::write(dir.join("provider.key"), format!("{PROVIDER_KEY}\n")).expect("write key");
+        if let Some(config) = config {
+            std::fs::write(&path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let mut command = Command::new(bin);
+            if config.is_some() {
+                command.arg("--config").arg(&path);
+            }
+            let child = command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .env("SLUICE_LOG", "warn")
+                .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).expect("log")))
+                .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log")))
+                .spawn()
+                .expect("spawn gateway");
+            let mut gw = Self { port, child: Some(child), dir: dir.clone() };
+            if gw.wait_ready().await {
+                return gw;
+            }
+            gw.kill();
+        }
+        panic!(
+            "the gateway did not start; stderr:\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        );
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if client.get(self.url("/health")).send().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The gateway's private temp directory (`{dir}` in a config is replaced by it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Everything the gateway wrote to stdout (the access log) so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the gateway.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            let pid = child.id() as i32;
+            // SAFETY-free: libc::kill has no memory effects; it only sends a signal to our child.
+            unsafe_kill(pid, signal);
+        }
+    }
+
+    /// Waits for the process to exit; returns how long it took, or None on timeout.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut s = String::new();
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut s);
+            }
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[expect(unsafe_code, reason = "sending a signal to our own child process needs libc::kill")]
+fn unsafe_kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64)
+            << 20)
+}

@@ -1,0 +1,254 @@
+//! A mock OpenAI upstream: real wire format, behaviour chosen by the model name.
+//!
+//! | model name            | behaviour                                                       |
+//! |-----------------------|-----------------------------------------------------------------|
+//! | anything else         | a normal answer (JSON, or SSE when `stream: true`)              |
+//! | `fail-500`            | 500 with an OpenAI error body                                   |
+//! | `rate-429`            | 429 with `Retry-After: 2`                                       |
+//! | `slow`                | waits 3 s before the response header                            |
+//! | `cut`                 | streams two chunks, then drops the connection                   |
+//! | `no-usage`            | never sends usage, even when asked                              |
+//! | `paced`               | streams 20 chunks, 25 ms apart                                  |
+//! | `bad-request`         | 400 with an OpenAI error body (the client's fault)              |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Inference requests (everything but health probes).
+    hits: AtomicUsize,
+    probes: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+    /// A behaviour forced on every request, overriding the model name.
+    forced: Mutex<Option<String>>,
+}
+
+pub struct MockOpenAi {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockOpenAi {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let state = Arc::new(State::default());
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// Base URL as a provider's `base_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Inference requests received (health probes excluded).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
+    /// Forces one behaviour (a model name of the table above) on every request; `None` goes back
+    /// to choosing by model name.
+    pub fn force(&self, behaviour: Option<&str>) {
+        *self.state.forced.lock().expect("forced") = behaviour.map(str::to_owned);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("requests").clone()
+    }
+}
+
+/// An address where nothing listens: connections are refused.
+pub fn refused_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}/v1")
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let headers =
+        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if method == "GET" && path.ends_with("/models") {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        return Ok(json_response(
+            200,
+            json!({"object": "list", "data": [{"id": "mock", "object": "model"}]}),
+        ));
+    }
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.requests.lock().expect("requests").push(Recorded {
+        method,
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+    });
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let forced = state.forced.lock().expect("forced").clone();
+    let model = forced.unwrap_or_else(|| request["model"].as_str().unwrap_or("").to_owned());
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let with_usage =
+        request["stream_options"]["include_usage"].as_bool().unwrap_or(false) && model != "no-usage";
+    match model.as_str() {
+        "fail-500" => {
+            return Ok(error_response(
+                500,
+                "The server had an error while processing your request.",
+                "server_error",
+            ));
+        }
+        "bad-request" => {
+            return Ok(error_response(400, "Invalid value for 'temperature'.", "invalid_request_error"));
+        }
+        "rate-429" => {
+            let mut r = error_response(429, "Rate limit reached for requests", "rate_limit_exceeded");
+            r.headers_mut().insert("retry-after", "2".parse().expect("header"));
+            return Ok(r);
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        _ => {}
+    }
+    if path.ends_with("/embeddings") {
+        let n = request["input"].as_array().map_or(1, Vec::len);
+        let data: Vec<Value> = (0..n)
+            .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}))
+            .collect();
+        return Ok(json_response(
+            200,
+            json!({"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+        ));
+    }
+    let text = format!("echo from {model} ({} bytes received)", body.len());
+    if !stream {
+        let mut answer = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+        if model != "no-usage" {
+            answer["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
+        }
+        return Ok(json_response(200, answer));
+    }
+    let pieces: Vec<String> = if model == "paced" {
+        (0..20).map(|i| format!("w{i} ")).collect()
+    } else {
+        text.split(' ').map(|w| format!("{w} ")).collect()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            if with_usage {
+                v["usage"] = Value::Null;
+            }
+            Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))))
+        };
+        let _ = tx.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).await;
+        for (i, p) in pieces.iter().enumerate() {
+            if model == "cut" && i == 2 {
+                // Let what was sent reach the wire, then drop the connection mid-body.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tx.send(Err(std::io::Error::other("cut"))).await;
+                return;
+            }
+            if model == "paced" {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = tx.send(chunk(json!({"content": p}), Value::Null)).await;
+        }
+        let _ = tx.send(chunk(json!({}), json!("stop"))).await;
+        if with_usage {
+            let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}});
+            let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))))).await;
+        }
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let body = BodyExt::boxed(StreamBody::new(stream));
+    let response = Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .expect("response");
+    Ok(response)
+}
+
+fn json_response(status: u16, v: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed())
+        .expect("response")
+}
+
+fn error_response(status: u16, message: &str, code: &str) -> Response<Body> {
+    let kind = if status == 429 {
+        "requests"
+    } else if status >= 500 {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    json_response(status, json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
+}

@@ -1,0 +1,232 @@
+//! The OpenAI-compatible inbound API: what an application team's SDK sees.
+
+use serde_json::{Value, json};
+use sluice_tests::gateway::{PROVIDER_KEY, TestGateway};
+use sluice_tests::openai::MockOpenAi;
+
+use crate::{BIN, KEY, chat_body, client, config, gateway_with_chain, openai_error, post};
+
+#[tokio::test]
+async fn chat_completion_passes_every_field_and_swaps_the_gateway_key_for_the_provider_key() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "gpt-upstream")], "").await;
+    let body = json!({
+        "model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto", "response_format": {"type": "json_object"}, "n": 1, "stop": ["x"],
+        "logprobs": false, "seed": 7, "temperature": 0.5, "x_unknown_vendor_field": {"keep": [1, 2]}
+    });
+    let resp = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["x-sluice-target"], "p0/gpt-upstream");
+    assert_eq!(h["x-sluice-attempts"], "1");
+    assert!(h["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(h["server-timing"].to_str().unwrap().starts_with("gateway;dur="));
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["usage"]["total_tokens"], 18);
+
+    let seen = &mock.requests()[0];
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {PROVIDER_KEY}").as_str()));
+    assert!(!seen.headers.iter().any(|(_, v)| v.contains(KEY)), "the gateway key must never go upstream");
+    let sent = seen.json();
+    assert_eq!(sent["model"], "gpt-upstream");
+    for field in [
+        "tools",
+        "tool_choice",
+        "response_format",
+        "n",
+        "stop",
+        "logprobs",
+        "seed",
+        "temperature",
+        "messages",
+    ] {
+        assert_eq!(sent[field], body[field], "field {field} must pass unchanged");
+    }
+    assert_eq!(sent["x_unknown_vendor_field"], json!({"keep": [1, 2]}));
+}
+
+#[tokio::test]
+async fn keys_are_accepted_from_bearer_x_api_key_and_api_key_headers() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let url = gw.url("/v1/chat/completions");
+    for header in ["x-api-key", "api-key"] {
+        let r = client().post(&url).header(header, KEY).json(&chat_body("m")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{header}");
+    }
+    let r = client()
+        .post(&url)
+        .header("authorization", format!("bearer {KEY}"))
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = mock.requests();
+    assert!(seen.iter().all(|r| r.header("x-api-key").is_none() && r.header("api-key").is_none()));
+}
+
+#[tokio::test]
+async fn missing_or_unknown_keys_get_openai_shaped_401s_before_the_body_is_read() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let url = gw.url("/v1/chat/completions");
+    let e = openai_error(client().post(&url).body("not even json").send().await.unwrap(), 401).await;
+    assert!(e["message"].as_str().unwrap().contains("API key"));
+    let r = client()
+        .post(&url)
+        .bearer_auth("sk-sluice-wrong-0000000000")
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    let e = openai_error(r, 401).await;
+    assert_eq!(e["code"], "invalid_api_key");
+    assert!(!e["message"].as_str().unwrap().contains("sk-sluice-wrong-0000000000"));
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn bad_requests_say_which_field_is_wrong() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let url = gw.url("/v1/chat/completions");
+    let r = client().post(&url).bearer_auth(KEY).body("{\"model\": ").send().await.unwrap();
+    assert_eq!(openai_error(r, 400).await["code"], "invalid_json");
+    let e = openai_error(post(&gw, "/v1/chat/completions", &json!({"model": "m"})).await, 400).await;
+    assert_eq!(e["param"], "messages");
+    let e = openai_error(
+        post(
+            &gw,
+            "/v1/chat/completions",
+            &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(e["param"], "max_tokens");
+    assert_eq!(e["code"], "invalid_type");
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn unknown_models_routes_and_methods_are_404_and_405() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let e = openai_error(post(&gw, "/v1/chat/completions", &chat_body("no-such-model")).await, 404).await;
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    let e = openai_error(post(&gw, "/v1/assistants", &json!({})).await, 404).await;
+    assert!(e["message"].as_str().unwrap().contains("/v1/assistants"));
+    let r = client().get(gw.url("/v1/chat/completions")).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    openai_error(r, 405).await;
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn bodies_above_the_limit_are_413() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "[server]\nmax_body_bytes = 4096\n").await;
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let e = openai_error(post(&gw, "/v1/chat/completions", &big).await, 413).await;
+    assert!(e["message"].as_str().unwrap().contains("4096"));
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    assert_eq!(mock.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_4xx_is_the_clients_answer_not_a_reason_to_fall_over() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let gw = gateway_with_chain(&[&a, &b], &[(0, "bad-request"), (1, "ok")], "").await;
+    let e = openai_error(post(&gw, "/v1/chat/completions", &chat_body("m")).await, 400).await;
+    assert_eq!(e["message"], "Invalid value for 'temperature'.");
+    assert_eq!((a.hits(), b.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn completions_and_embeddings_reach_the_provider_in_openai_shape() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let r =
+        post(&gw, "/v1/embeddings", &json!({"model": "m", "input": ["a", "b"], "encoding_format": "float"}))
+            .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let r = post(&gw, "/v1/completions", &json!({"model": "m", "prompt": "Say hi"})).await;
+    assert_eq!(r.status(), 200);
+    let paths: Vec<String> = mock.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/v1/embeddings", "/v1/completions"]);
+    assert_eq!(mock.requests()[0].json()["encoding_format"], "float");
+}
+
+#[tokio::test]
+async fn models_lists_only_the_aliases_the_key_may_use() {
+    let mock = MockOpenAi::start().await;
+    let extra = String::from(
+        "[models.m]\ntargets = [{ provider = \"p0\", model = \"ok\" }]\n\
+         [models.secret]\ntargets = [{ provider = \"p0\", model = \"ok\" }]\n\
+         [[keys.key]]\nid = \"narrow\"\ndemo_key = \"sk-sluice-narrow-key-1\"\norg = \"o\"\nteam = \"t\"\napp = \"b\"\nmodels = [\"m\"]\n",
+    );
+    let gw = TestGateway::start(BIN, &config(&[mock.url()], &extra)).await;
+    let ids = |v: Value| -> Vec<String> {
+        v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let all: Value =
+        client().get(gw.url("/v1/models")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["object"], "list");
+    assert_eq!(ids(all), ["m", "secret"]);
+    let narrow =
+        client().get(gw.url("/v1/models")).bearer_auth("sk-sluice-narrow-key-1").send().await.unwrap();
+    assert_eq!(ids(narrow.json().await.unwrap()), ["m"]);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-sluice-narrow-key-1")
+        .json(&chat_body("secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(openai_error(r, 404).await["code"], "model_not_found");
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_embedded_default_answers_the_readme_example_with_the_mock_provider() {
+    let gw = TestGateway::start_default(BIN).await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-sluice-demo")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("Say hello"));
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn large_bodies_of_1_and_10_mib_reach_the_provider_whole_even_after_a_fallback() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let gw = gateway_with_chain(&[&a, &b], &[(0, "fail-500"), (1, "ok")], "").await;
+    for size in [1 << 20, 10 << 20] {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "y".repeat(size)}]});
+        let r = post(&gw, "/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200, "{size} bytes");
+        assert_eq!(r.headers()["x-sluice-attempts"], "2");
+    }
+    let first = a.requests();
+    let second = b.requests();
+    assert_eq!((first.len(), second.len()), (2, 2));
+    for (i, size) in [1 << 20, 10 << 20].into_iter().enumerate() {
+        assert_eq!(first[i].json()["messages"][0]["content"].as_str().unwrap().len(), size);
+        assert_eq!(second[i].json()["messages"][0]["content"].as_str().unwrap().len(), size);
+    }
+}

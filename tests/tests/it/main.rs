@@ -1,0 +1,76 @@
+//! Sluice's integration tests: the real binary on a real port, mock providers on theirs.
+//! One file per feature; every test owns its gateway and mocks, so they run in parallel.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed step must stop the test loudly"
+)]
+
+mod api;
+mod config;
+mod fallback;
+mod observability;
+mod shutdown;
+mod streaming;
+
+use serde_json::{Value, json};
+use sluice_tests::gateway::TestGateway;
+use sluice_tests::openai::MockOpenAi;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice-under-test");
+pub const KEY: &str = "sk-sluice-test-key-0001";
+
+/// A config with the test key, a provider per mock (`p0`, `p1`, ...), and `extra` appended.
+pub fn config(providers: &[String], extra: &str) -> String {
+    let mut c = format!(
+        "[[keys.key]]\nid = \"test\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n\n"
+    );
+    for (i, url) in providers.iter().enumerate() {
+        c.push_str(&format!(
+            "[providers.p{i}]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
+             first_byte_timeout = \"1s\"\nidle_timeout = \"2s\"\nhealth_check = {{ enabled = false }}\n\n"
+        ));
+    }
+    c.push_str(extra);
+    c
+}
+
+/// A gateway whose alias `m` goes through `chain` (pairs of provider index and upstream model), in order.
+pub async fn gateway_with_chain(mocks: &[&MockOpenAi], chain: &[(usize, &str)], extra: &str) -> TestGateway {
+    let urls: Vec<String> = mocks.iter().map(|m| m.url()).collect();
+    let targets: Vec<String> =
+        chain.iter().map(|(p, model)| format!("{{ provider = \"p{p}\", model = \"{model}\" }}")).collect();
+    let models = format!("[models.m]\ntargets = [{}]\n{extra}", targets.join(", "));
+    TestGateway::start(BIN, &config(&urls, &models)).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("client")
+}
+
+pub async fn post(gw: &TestGateway, path: &str, body: &Value) -> reqwest::Response {
+    client().post(gw.url(path)).bearer_auth(KEY).json(body).send().await.expect("request")
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}]})
+}
+
+/// Asserts OpenAI's error shape and returns the `error` object.
+pub async fn openai_error(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let v: Value = resp.json().await.expect("json error body");
+    let e = v["error"].clone();
+    for field in ["message", "type", "param", "code"] {
+        assert!(e.get(field).is_some(), "error lacks `{field}`: {v}");
+    }
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    e
+}
+
+/// The access-log lines as JSON.
+pub fn access_lines(gw: &TestGateway) -> Vec<Value> {
+    gw.access_log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
