@@ -18,19 +18,27 @@ impl TestGateway {
     /// Writes `config` (its `[server]` table is added here) and starts `bin` on a free port; returns
     /// once `/health` answers.
     pub async fn start(bin: &str, config: &str) -> Self {
-        Self::launch(bin, Some(config)).await
+        Self::launch(bin, Some(config), &[]).await
+    }
+
+    /// Like [`Self::start`], with extra files (name, content) written to the gateway's directory first.
+    pub async fn start_with_files(bin: &str, config: &str, files: &[(&str, &str)]) -> Self {
+        Self::launch(bin, Some(config), files).await
     }
 
     /// Starts the gateway without `--config`: the embedded default.
     pub async fn start_default(bin: &str) -> Self {
-        Self::launch(bin, None).await
+        Self::launch(bin, None, &[]).await
     }
 
-    async fn launch(bin: &str, config: Option<&str>) -> Self {
+    async fn launch(bin: &str, config: Option<&str>, files: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("sluice.toml");
         std::fs::write(dir.join("provider.key"), format!("{PROVIDER_KEY}\n")).expect("write key");
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).expect("write file");
+        }
         if let Some(config) = config {
             std::fs::write(&path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
         }

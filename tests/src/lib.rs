@@ -17,3 +17,4 @@
 
 pub mod gateway;
 pub mod openai;
+pub mod tls;

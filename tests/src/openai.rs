@@ -49,6 +49,7 @@ struct State {
     /// Inference requests (everything but health probes).
     hits: AtomicUsize,
     probes: AtomicUsize,
+    connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     /// A behaviour forced on every request, overriding the model name.
     forced: Mutex<Option<String>>,
@@ -75,6 +76,7 @@ impl MockOpenAi {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
@@ -95,6 +97,11 @@ impl MockOpenAi {
     /// Inference requests received (health probes excluded).
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn probes(&self) -> usize {

@@ -13,6 +13,7 @@ mod fallback;
 mod observability;
 mod shutdown;
 mod streaming;
+mod tls;
 
 use serde_json::{Value, json};
 use sluice_tests::gateway::TestGateway;
@@ -73,4 +74,28 @@ pub async fn openai_error(resp: reqwest::Response, status: u16) -> Value {
 /// The access-log lines as JSON.
 pub fn access_lines(gw: &TestGateway) -> Vec<Value> {
     gw.access_log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Waits (up to 5 s) until `count` access-log lines match `pred`: the line is written when the
+/// gateway finishes the request, which can be just after the client saw the last byte.
+pub async fn access_lines_matching(
+    gw: &TestGateway,
+    count: usize,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let lines: Vec<Value> = access_lines(gw).into_iter().filter(|l| pred(l)).collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The access-log line of the one request to `path`.
+pub async fn access_line(gw: &TestGateway, path: &str) -> Value {
+    let lines = access_lines_matching(gw, 1, |l| l["path"] == path).await;
+    assert_eq!(lines.len(), 1, "one access-log line for {path}");
+    lines[0].clone()
 }

@@ -4,7 +4,7 @@ use serde_json::Value;
 use sluice_tests::gateway::TestGateway;
 use sluice_tests::openai::{MockOpenAi, refused_url};
 
-use crate::{BIN, KEY, access_lines, chat_body, client, config, gateway_with_chain, post};
+use crate::{BIN, KEY, access_lines_matching, chat_body, client, config, gateway_with_chain, post};
 
 #[tokio::test]
 async fn health_reports_probes_per_endpoint_and_goes_down_when_a_model_has_no_usable_target() {
@@ -79,11 +79,9 @@ async fn every_response_carries_the_request_id_and_server_timing_and_one_access_
     assert!(r.headers()["x-sluice-overhead-us"].to_str().unwrap().parse::<u64>().is_ok());
     let r404 = client().get(gw.url("/nope")).send().await.unwrap();
     assert!(r404.headers().contains_key("x-request-id"));
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let lines = access_lines(&gw);
-    let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == "trace-abc-123").collect();
+    let mine = access_lines_matching(&gw, 2, |l| l["request_id"] == "trace-abc-123").await;
     assert_eq!(mine.len(), 1);
-    let l = mine[0];
+    let l = &mine[0];
     assert_eq!(l["status"], 200);
     assert_eq!(l["model"], "m");
     assert_eq!(l["target"], "p0/ok");

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_tests::openai::MockOpenAi;
 
-use crate::{access_lines, gateway_with_chain, post};
+use crate::{access_line, gateway_with_chain, post};
 
 fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
     let mut b =
@@ -65,8 +65,7 @@ async fn usage_is_asked_for_and_hidden_from_clients_that_did_not_ask() {
     );
     let sent = mock.requests()[0].json();
     assert_eq!(sent["stream_options"]["include_usage"], true);
-    let log = access_lines(&gw);
-    let line = log.iter().find(|l| l["path"] == "/v1/chat/completions").unwrap();
+    let line = access_line(&gw, "/v1/chat/completions").await;
     assert_eq!(line["prompt_tokens"], 11);
     assert_eq!(line["completion_tokens"], 7);
     assert_eq!(line["usage_estimated"], false);
@@ -89,8 +88,7 @@ async fn without_usage_from_the_upstream_it_is_estimated_and_marked_so() {
     let gw = gateway_with_chain(&[&mock], &[(0, "no-usage")], "").await;
     let text = post(&gw, "/v1/chat/completions", &stream_body("m", None)).await.text().await.unwrap();
     assert_eq!(events(&text).last().unwrap(), "[DONE]");
-    let log = access_lines(&gw);
-    let line = log.iter().find(|l| l["path"] == "/v1/chat/completions").unwrap();
+    let line = access_line(&gw, "/v1/chat/completions").await;
     assert_eq!(line["usage_estimated"], true);
     assert!(line["completion_tokens"].as_u64().unwrap() >= 5, "{line}");
     assert!(line["prompt_tokens"].as_u64().unwrap() >= 2, "{line}");

@@ -93,6 +93,9 @@ pub struct ProviderFile {
     /// Ask the upstream for a usage chunk on every stream (`stream_options.include_usage`).
     #[serde(default = "default_true")]
     pub stream_usage: bool,
+    /// PEM file of CA certificates to verify this provider's TLS certificate with (default: the
+    /// system's roots).
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub health_check: HealthCheckFile,
     /// `mock` only: delay between streamed chunks.

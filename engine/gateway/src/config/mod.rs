@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::providers::{HttpUpstream, Provider, Transport, mock::Mock};
 use crate::proxy::Gateway;
 use crate::routing::circuit::Circuit;
-use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec};
+use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec, load_ca};
 use crate::routing::{Route, Router, Target};
 use file::{ConfigFile, ProviderKind, RankFile};
 
@@ -119,8 +119,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
 fn provider(name: &str, p: &file::ProviderFile, connector: &Arc<Connector>) -> Result<Provider, String> {
     let transport = match p.kind {
         ProviderKind::Mock => {
-            if p.base_url.is_some() || !p.endpoints.is_empty() || p.api_key.is_some() {
-                return Err("kind: a `mock` provider takes no base_url, endpoints or api_key".into());
+            if p.base_url.is_some() || !p.endpoints.is_empty() || p.api_key.is_some() || p.ca_file.is_some() {
+                return Err("kind: a `mock` provider takes no base_url, endpoints, api_key or ca_file".into());
             }
             Transport::Mock(Mock { pacing: duration(&p.pacing, "pacing")? })
         }
@@ -170,11 +170,16 @@ fn provider(name: &str, p: &file::ProviderFile, connector: &Arc<Connector>) -> R
             } else {
                 None
             };
+            let ca = match &p.ca_file {
+                Some(path) => Some(load_ca(path).map_err(|e| format!("ca_file: {e}"))?),
+                None => None,
+            };
             Transport::Http(HttpUpstream {
-                pool: EndpointPool::new(endpoints, settings, probe, connector.clone()),
+                pool: EndpointPool::new(endpoints, settings, probe, connector.clone(), ca.clone()),
                 api_key,
                 headers,
                 stream_usage: p.stream_usage,
+                ca,
             })
         }
     };

@@ -35,6 +35,8 @@ pub struct HttpUpstream {
     pub headers: Vec<(String, String)>,
     /// Ask for `stream_options.include_usage` on every stream.
     pub stream_usage: bool,
+    /// Trusted roots for this provider's certificates, when not the system's.
+    pub ca: Option<crate::routing::endpoints::CaRoots>,
 }
 
 impl Provider {

@@ -221,6 +221,9 @@ async fn attempt(
     Ok((reply, hide_usage))
 }
 
+/// Endpoints of one provider tried within one attempt when connections are refused.
+const ENDPOINTS_PER_ATTEMPT: usize = 3;
+
 async fn http_attempt(
     gw: &Gateway,
     ctx: &Ctx,
@@ -229,55 +232,76 @@ async fn http_attempt(
     body: Bytes,
     failed_addrs: &mut Vec<SocketAddr>,
 ) -> Result<UpstreamReply, Failure> {
-    let Some((addr, info)) = up.pool.select(failed_addrs) else {
-        return Err(Failure::new(FailureKind::NoEndpoint, "no healthy endpoint"));
-    };
     let settings = &up.pool.settings;
-    let peer = endpoints::peer(addr, &info, settings);
-    let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
-        .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
-    let exchange = async {
-        // A pooled connection may have gone stale: one immediate retry on a fresh one.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let (mut s, reused) = gw.connector.get_http_session(&peer).await.map_err(|e| {
-                Failure::new(FailureKind::Connect, format!("connect to {addr}: {}", e.etype().as_str()))
-            })?;
-            let sent = async {
-                s.write_request_header(Box::new(header.clone())).await?;
-                s.write_request_body(body.clone(), true).await?;
-                s.finish_request_body().await?;
-                s.read_response_header().await
-            }
-            .await;
-            match sent {
-                Ok(()) => return Ok(s),
-                Err(_) if reused && tries < 2 => continue,
-                Err(e) => {
-                    return Err(Failure::new(
-                        FailureKind::Broken,
-                        format!("exchange with {addr}: {}", e.etype().as_str()),
-                    ));
-                }
-            }
-        }
-    };
-    let session = match tokio::time::timeout(settings.first_byte_timeout, exchange).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(f)) => {
-            if f.kind == FailureKind::Connect {
+    let deadline = Instant::now() + settings.first_byte_timeout;
+    let mut last = Failure::new(FailureKind::NoEndpoint, "no healthy endpoint");
+    for _ in 0..ENDPOINTS_PER_ATTEMPT {
+        let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
+        let peer = endpoints::peer(addr, &info, settings, up.ca.clone());
+        let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
+            .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, exchange(gw, &peer, addr, header, body.clone())).await {
+            Ok(Ok(session)) => return classify(gw, session, peer, settings.idle_timeout).await,
+            // A refused or failed connect: another endpoint of the same provider may take it.
+            Ok(Err(f)) if f.kind == FailureKind::Connect => {
                 failed_addrs.push(addr);
+                last = f;
             }
-            return Err(f);
+            Ok(Err(f)) => return Err(f),
+            Err(_) => {
+                return Err(Failure::new(
+                    FailureKind::Timeout,
+                    format!("no first byte within {} ms", settings.first_byte_timeout.as_millis()),
+                ));
+            }
         }
-        Err(_) => {
-            return Err(Failure::new(
-                FailureKind::Timeout,
-                format!("no first byte within {} ms", settings.first_byte_timeout.as_millis()),
-            ));
+    }
+    Err(last)
+}
+
+/// Sends the request and reads the response header. A pooled connection may have gone stale:
+/// one immediate retry on a fresh one.
+async fn exchange(
+    gw: &Gateway,
+    peer: &pingora::prelude::HttpPeer,
+    addr: SocketAddr,
+    header: pingora::http::RequestHeader,
+    body: Bytes,
+) -> Result<HttpSession, Failure> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (mut s, reused) = gw.connector.get_http_session(peer).await.map_err(|e| {
+            Failure::new(FailureKind::Connect, format!("connect to {addr}: {}", e.etype().as_str()))
+        })?;
+        let sent = async {
+            s.write_request_header(Box::new(header.clone())).await?;
+            s.write_request_body(body.clone(), true).await?;
+            s.finish_request_body().await?;
+            s.read_response_header().await
         }
-    };
+        .await;
+        match sent {
+            Ok(()) => return Ok(s),
+            Err(_) if reused && tries < 2 => continue,
+            Err(e) => {
+                return Err(Failure::new(
+                    FailureKind::Broken,
+                    format!("exchange with {addr}: {}", e.etype().as_str()),
+                ));
+            }
+        }
+    }
+}
+
+/// Turns a response header into a reply, or into a failure worth falling over for (408, 429, 5xx).
+async fn classify(
+    gw: &Gateway,
+    session: HttpSession,
+    peer: pingora::prelude::HttpPeer,
+    idle: Duration,
+) -> Result<UpstreamReply, Failure> {
     let Some(h) = session.response_header() else {
         return Err(Failure::new(FailureKind::Broken, "no response header"));
     };
@@ -290,9 +314,8 @@ async fn http_attempt(
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let mut body = ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle };
     if status == 408 || status == 429 || status >= 500 {
-        let mut body =
-            ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle: settings.idle_timeout };
         let text =
             read_all(&mut body, &gw.connector).await.map(|b| openai::error_message(&b)).unwrap_or_default();
         let mut f = Failure::new(FailureKind::Status(status), format!("HTTP {status}: {text}"));
@@ -301,15 +324,7 @@ async fn http_attempt(
         }
         return Err(f);
     }
-    Ok(UpstreamReply {
-        status,
-        content_type,
-        body: ReplyBody::Http {
-            session: Box::new(session),
-            peer: Box::new(peer),
-            idle: settings.idle_timeout,
-        },
-    })
+    Ok(UpstreamReply { status, content_type, body })
 }
 
 fn is_sse(reply: &UpstreamReply) -> bool {

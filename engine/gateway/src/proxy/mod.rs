@@ -273,6 +273,7 @@ impl Gateway {
             "msg": "access",
             "request_id": ctx.core.request_id,
             "method": session.req_header().method.as_str(),
+            "http_version": format!("{:?}", session.req_header().version),
             "path": session.req_header().uri.path(),
             "status": ctx.core.status,
             "model": ctx.core.model,

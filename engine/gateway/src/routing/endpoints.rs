@@ -104,6 +104,7 @@ impl EndpointPool {
         settings: PeerSettings,
         probe: Option<ProbeSpec>,
         connector: Arc<Connector>,
+        ca: Option<CaRoots>,
     ) -> Self {
         let discovery = DnsDiscovery { endpoints: endpoints.into_iter().map(Arc::new).collect() };
         let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
@@ -116,6 +117,7 @@ impl EndpointPool {
                 connector,
                 timeout: settings.connect_timeout.max(Duration::from_secs(2)),
                 log: probes.clone(),
+                ca,
             }));
             lb.health_check_frequency = Some(interval);
             lb.parallel_health_check = true;
@@ -150,9 +152,29 @@ impl EndpointPool {
     }
 }
 
-/// Builds the peer for one attempt: pooled connections, h2 over TLS when offered.
-pub fn peer(addr: std::net::SocketAddr, info: &EndpointInfo, settings: &PeerSettings) -> HttpPeer {
+/// Trusted roots for a provider's TLS certificates, when not the system's.
+pub type CaRoots = Arc<Box<[pingora::tls::x509::X509]>>;
+
+/// Reads a PEM file of CA certificates.
+pub fn load_ca(path: &str) -> std::result::Result<CaRoots, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs = pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate found"));
+    }
+    Ok(Arc::new(certs.into_boxed_slice()))
+}
+
+/// Builds the peer for one attempt: pooled connections, h2 over TLS when offered, certificates
+/// verified (against `ca` when given, else the system roots).
+pub fn peer(
+    addr: std::net::SocketAddr,
+    info: &EndpointInfo,
+    settings: &PeerSettings,
+    ca: Option<CaRoots>,
+) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, info.tls, info.host.clone());
+    peer.options.ca = ca;
     peer.options.connection_timeout = Some(settings.connect_timeout);
     peer.options.total_connection_timeout = Some(settings.connect_timeout * 2);
     peer.options.read_timeout = Some(settings.idle_timeout);
@@ -203,6 +225,7 @@ struct Probe {
     connector: Arc<Connector>,
     timeout: Duration,
     log: Arc<Mutex<HashMap<String, ProbeResult>>>,
+    ca: Option<CaRoots>,
 }
 
 impl Probe {
@@ -216,7 +239,7 @@ impl Probe {
             first_byte_timeout: self.timeout,
             idle_timeout: self.timeout,
         };
-        let peer = peer(addr, info, &settings);
+        let peer = peer(addr, info, &settings, self.ca.clone());
         let (mut session, _) = self.connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
         let path = format!("{}{}", info.base_path, self.path);
         let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;

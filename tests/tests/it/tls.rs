@@ -1,0 +1,149 @@
+//! TLS: the gateway's own listener (TLS 1.3, h2 by ALPN), and TLS + h2 to an upstream with a
+//! custom CA.
+
+use std::sync::Arc;
+
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+use serde_json::json;
+use sluice_tests::gateway::TestGateway;
+use sluice_tests::openai::MockOpenAi;
+use sluice_tests::tls::self_signed;
+
+use crate::{BIN, KEY, access_lines_matching, chat_body, config, post};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A gateway with a TLS listener in front of the mock provider; returns it and its TLS port.
+async fn tls_gateway(dir: &std::path::Path) -> (TestGateway, u16) {
+    let (cert, key) = self_signed(dir);
+    let port = free_port();
+    let text = config(&[], "")
+        + &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [providers.mock]\nkind = \"mock\"\npacing = \"1ms\"\n\
+             [models.m]\ntargets = [{{ provider = \"mock\", model = \"mock-m\" }}]\n",
+            cert.display(),
+            key.display()
+        );
+    (TestGateway::start(BIN, &text).await, port)
+}
+
+#[tokio::test]
+async fn the_tls_listener_speaks_tls_1_3_and_h2() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-a", std::process::id()));
+    let (gw, port) = tls_gateway(&dir).await;
+    let ca = pingora::tls::x509::X509::stack_from_pem(&std::fs::read(dir.join("cert.pem")).unwrap()).unwrap();
+    let mut peer = HttpPeer::new(format!("127.0.0.1:{port}"), true, "localhost".into());
+    peer.options.alpn = ALPN::H2H1;
+    peer.options.ca = Some(Arc::new(ca.into_boxed_slice()));
+    let connector = Connector::new(None);
+    let (mut session, _) = connector.get_http_session(&peer).await.unwrap();
+    let body = serde_json::to_vec(&chat_body("m")).unwrap();
+    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+    req.insert_header("host", "localhost").unwrap();
+    req.insert_header("authorization", format!("Bearer {KEY}")).unwrap();
+    req.insert_header("content-type", "application/json").unwrap();
+    req.insert_header("content-length", body.len().to_string()).unwrap();
+    session.write_request_header(Box::new(req)).await.unwrap();
+    session.write_request_body(body.into(), true).await.unwrap();
+    session.finish_request_body().await.unwrap();
+    session.read_response_header().await.unwrap();
+    let resp = session.response_header().unwrap();
+    assert_eq!(resp.status.as_u16(), 200);
+    assert_eq!(resp.version, http::Version::HTTP_2);
+    let ssl = session.digest().unwrap().ssl_digest.clone().unwrap();
+    assert_eq!(ssl.version, "TLSv1.3");
+    let mut answer = Vec::new();
+    while let Some(chunk) = session.read_response_body().await.unwrap() {
+        answer.extend_from_slice(&chunk);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn upstreams_over_tls_are_verified_with_a_custom_ca_and_use_h2() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-b", std::process::id()));
+    let (upstream, port) = tls_gateway(&dir).await;
+    // The front gateway reaches the TLS gateway as an OpenAI-compatible provider.
+    let text = config(&[], "")
+        + &format!(
+            "[providers.tls]\nkind = \"openai_compatible\"\nbase_url = \"https://localhost:{port}/v1\"\n\
+             api_key = \"file:{{dir}}/key\"\nca_file = \"{}\"\nhealth_check = {{ enabled = false }}\n\
+             [models.front]\ntargets = [{{ provider = \"tls\", model = \"m\" }}]\n",
+            dir.join("cert.pem").display()
+        );
+    let front = TestGateway::start_with_files(BIN, &text, &[("key", KEY)]).await;
+    for _ in 0..3 {
+        let r = post(&front, "/v1/chat/completions", &chat_body("front")).await;
+        assert_eq!(r.status(), 200);
+        let stream =
+            json!({"model": "front", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let text = post(&front, "/v1/chat/completions", &stream).await.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+    let served = access_lines_matching(&upstream, 6, |l| l["path"] == "/v1/chat/completions").await;
+    assert_eq!(served.len(), 6);
+    assert!(served.iter().all(|l| l["http_version"] == "HTTP/2.0"), "{served:?}");
+    let clients: std::collections::HashSet<_> = served.iter().map(|l| l["client"].clone()).collect();
+    assert_eq!(clients.len(), 1, "one pooled h2 connection carries every request: {clients:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-c", std::process::id()));
+    let (_upstream, port) = tls_gateway(&dir).await;
+    let text = config(&[], "")
+        + &format!(
+            "[providers.tls]\nkind = \"openai_compatible\"\nbase_url = \"https://localhost:{port}/v1\"\n\
+             health_check = {{ enabled = false }}\n\
+             [models.front]\ntargets = [{{ provider = \"tls\", model = \"m\" }}]\n"
+        );
+    let front = TestGateway::start(BIN, &text).await;
+    let r = post(&front, "/v1/chat/completions", &chat_body("front")).await;
+    assert_eq!(r.status(), 502);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_refused_endpoint_is_skipped_for_another_endpoint_of_the_same_provider() {
+    let mock = MockOpenAi::start().await;
+    let text = config(&[], "")
+        + &format!(
+            "[providers.multi]\nkind = \"openai_compatible\"\nbase_url = \"{}\"\nendpoints = [\"{}\"]\n\
+             health_check = {{ enabled = false }}\n\
+             [models.m]\ntargets = [{{ provider = \"multi\", model = \"ok\" }}]\n",
+            sluice_tests::openai::refused_url(),
+            mock.url()
+        );
+    let gw = TestGateway::start(BIN, &text).await;
+    for _ in 0..4 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-sluice-attempts"], "1");
+    }
+    assert_eq!(mock.hits(), 4);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let mock = MockOpenAi::start().await;
+    let gw = crate::gateway_with_chain(&[&mock], &[(0, "ok")], "[server]\nthreads = 1\n").await;
+    for _ in 0..10 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    }
+    let stream = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..5 {
+        post(&gw, "/v1/chat/completions", &stream).await.text().await.unwrap();
+    }
+    assert_eq!(mock.hits(), 15);
+    assert_eq!(mock.connections(), 1, "sequential requests share one kept-alive connection");
+}
