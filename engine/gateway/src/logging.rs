@@ -1,9 +1,11 @@
-//! Structured logs: one JSON object per line on stderr (diagnostics) and stdout (access log).
+//! Structured logs: one JSON object per line on stderr (diagnostics) and stdout (access log, written
+//! in batches at least every 100 ms).
 //!
 //! `SLUICE_LOG` sets the level (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -45,9 +47,46 @@ pub fn init() {
     }
 }
 
-/// Writes one access-log line to stdout.
-pub fn access(line: &serde_json::Value) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+/// Access-log lines waiting for the flusher: one `write` per batch instead of one per request.
+static ACCESS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// A batch this large is written at once, without waiting for the flusher.
+const ACCESS_BATCH: usize = 64 * 1024;
+/// How long a line may wait before it is written.
+pub const ACCESS_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Queues one access-log line for stdout.
+pub fn access(line: &impl serde::Serialize) {
+    let Ok(mut buf) = ACCESS.lock() else { return };
+    let _ = serde_json::to_writer(&mut *buf, line);
+    buf.push(b'\n');
+    if buf.len() >= ACCESS_BATCH {
+        let _ = std::io::stdout().lock().write_all(&buf);
+        buf.clear();
+    }
+}
+
+/// Writes the queued access-log lines.
+pub fn flush_access() {
+    let batch = match ACCESS.lock() {
+        Ok(mut buf) if !buf.is_empty() => std::mem::take(&mut *buf),
+        _ => return,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&batch);
+    let _ = out.flush();
+}
+
+/// Starts the thread that flushes the access log every [`ACCESS_FLUSH_EVERY`].
+pub fn start_access_flusher() {
+    let spawned = std::thread::Builder::new().name("access-log".into()).spawn(|| {
+        loop {
+            std::thread::sleep(ACCESS_FLUSH_EVERY);
+            flush_access();
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the access-log flusher: {e}");
+    }
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::client::HttpSession;
+// Pingora's timeouts share 10 ms timer ticks and arm lazily: no timer-wheel wake per request.
 use pingora::proxy::Session;
+use pingora::time::fast_timeout::fast_timeout;
 use serde_json::Value;
 use sluice_core::ctx::TargetFacts;
 use sluice_core::wire::Request;
@@ -241,7 +243,7 @@ async fn http_attempt(
         let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
             .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, exchange(gw, &peer, addr, header, body.clone())).await {
+        match fast_timeout(left, exchange(gw, &peer, addr, header, body.clone())).await {
             Ok(Ok(session)) => return classify(gw, session, peer, settings.idle_timeout).await,
             // A refused or failed connect: another endpoint of the same provider may take it.
             Ok(Err(f)) if f.kind == FailureKind::Connect => {
@@ -346,7 +348,7 @@ impl ReplyBody {
                 Ok(chunks.pop_front())
             }
             ReplyBody::Http { session, idle, .. } => {
-                match tokio::time::timeout(*idle, session.read_response_body()).await {
+                match fast_timeout(*idle, session.read_response_body()).await {
                     Ok(Ok(Some(b))) => Ok(Some(b)),
                     Ok(Ok(None)) => {
                         release(self, connector).await;

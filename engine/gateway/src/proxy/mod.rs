@@ -20,6 +20,7 @@
 
 mod forward;
 mod inbound;
+mod record;
 mod respond;
 
 use std::sync::Arc;
@@ -140,7 +141,7 @@ impl ProxyHttp for Gateway {
         for plugin in &self.plugins {
             plugin.on_complete(&ctx.core).await;
         }
-        self.record(session, e, ctx);
+        record::record(self, session, e, ctx);
     }
 }
 
@@ -245,55 +246,6 @@ impl Gateway {
             .collect();
         let body = json!({"object": "list", "data": data}).to_string().into_bytes();
         respond::json(session, ctx, 200, body).await.map_err(write_error)
-    }
-
-    /// Metrics and the access-log line of a finished request.
-    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx) {
-        let model = ctx.core.model.as_deref().unwrap_or("");
-        let target = ctx.core.target.as_ref().map_or("none", |t| t.name.as_str());
-        let status = ctx.core.status.to_string();
-        let elapsed = ctx.core.started.elapsed();
-        let overhead = ctx.overhead();
-        self.metrics.requests.with_label_values(&[ctx.route_label, model, target, &status]).inc();
-        self.metrics.latency.with_label_values(&[ctx.route_label, model]).observe(elapsed.as_secs_f64());
-        if ctx.route_label.starts_with("/v1/") {
-            self.metrics.overhead.observe(overhead.as_secs_f64());
-        }
-        if let Some(u) = &ctx.core.usage {
-            self.metrics.tokens.with_label_values(&[model, target, "prompt"]).inc_by(u.prompt_tokens);
-            self.metrics.tokens.with_label_values(&[model, target, "completion"]).inc_by(u.completion_tokens);
-        }
-        if ctx.core.attempts > 1 {
-            self.metrics.retries.with_label_values(&[model]).inc_by(u64::from(ctx.core.attempts - 1));
-        }
-        let identity = ctx.core.identity.as_ref();
-        let line = json!({
-            "ts": crate::logging::now_rfc3339(),
-            "level": "info",
-            "msg": "access",
-            "request_id": ctx.core.request_id,
-            "method": session.req_header().method.as_str(),
-            "http_version": format!("{:?}", session.req_header().version),
-            "path": session.req_header().uri.path(),
-            "status": ctx.core.status,
-            "model": ctx.core.model,
-            "stream": ctx.core.stream,
-            "target": ctx.core.target.as_ref().map(|t| &t.name),
-            "attempts": ctx.core.attempts,
-            "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "upstream_ms": (ctx.upstream_time.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "ttfb_ms": ctx.ttfb.map(|t| (t.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
-            "overhead_us": overhead.as_micros() as u64,
-            "prompt_tokens": ctx.core.usage.map(|u| u.prompt_tokens),
-            "completion_tokens": ctx.core.usage.map(|u| u.completion_tokens),
-            "usage_estimated": ctx.core.usage.map(|u| u.estimated),
-            "key_id": identity.map(|i| &i.key_id),
-            "team": identity.map(|i| &i.team),
-            "app": identity.map(|i| &i.app),
-            "error": ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
-            "client": session.client_addr().map(|a| a.to_string()),
-        });
-        crate::logging::access(&line);
     }
 }
 

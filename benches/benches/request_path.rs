@@ -1,0 +1,65 @@
+//! The in-process request path: parse the body once, plan the route, serialize the upstream body.
+
+#![allow(clippy::unwrap_used, reason = "bench set-up: a broken sample must stop the bench")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::providers::Provider;
+use sluice::routing::circuit::Circuit;
+use sluice::routing::{Route, Target};
+use sluice_benches::chat_body;
+use sluice_core::GatewayError;
+use sluice_core::ctx::Endpoint;
+use sluice_core::wire::Request;
+
+fn route() -> Route {
+    let target = |name: &str, weight| {
+        let provider = Arc::new(Provider::mock(name, Duration::ZERO));
+        Arc::new(Target::new(provider, "m".into(), weight, None, Circuit::new(3, Duration::from_secs(30))))
+    };
+    Route { ranks: vec![vec![target("a", 3), target("b", 1)], vec![target("c", 1)]] }
+}
+
+fn request_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request_path");
+    for size in [1024, 10 * 1024, 100 * 1024] {
+        let body = chat_body(size, false);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("parse", size), &body, |b, body| {
+            b.iter_batched_ref(
+                || body.clone(),
+                |buf| black_box(Request::parse(Endpoint::ChatCompletions, buf)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        let parsed = Request::parse(Endpoint::ChatCompletions, &mut body.clone()).unwrap();
+        group.bench_with_input(BenchmarkId::new("serialize_upstream", size), &parsed, |b, r| {
+            b.iter(|| black_box(serde_json::to_vec(&r.body)))
+        });
+        group.bench_with_input(BenchmarkId::new("parse_plan_serialize", size), &body, |b, body| {
+            let route = route();
+            b.iter_batched_ref(
+                || body.clone(),
+                |buf| {
+                    let r = Request::parse(Endpoint::ChatCompletions, buf)?;
+                    let plan = route.plan();
+                    black_box(&plan);
+                    Ok::<_, GatewayError>(serde_json::to_vec(&r.body))
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    let route = route();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("plan", |b| b.iter(|| black_box(route.plan())));
+    let err = GatewayError::invalid_request("Missing required parameter: 'messages'.").with_param("messages");
+    group.bench_function("render_error", |b| b.iter(|| black_box(err.to_json())));
+    group.finish();
+}
+
+criterion_group!(benches, request_path);
+criterion_main!(benches);

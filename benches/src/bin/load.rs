@@ -1,0 +1,402 @@
+//! The end-to-end load benchmark: the same fixed request rate sent straight to a fast mock upstream,
+//! through Sluice, and through nginx's plain `proxy_pass`; prints latency percentiles, the gateway's
+//! overhead and CPU time per request.
+//!
+//! ```text
+//! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
+//! ```
+//! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
+//! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark harness stops loudly"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+const KEY: &str = "sk-sluice-load-key";
+
+struct Args {
+    rate: u64,
+    seconds: u64,
+    stream: bool,
+    /// Sluice's worker threads (0 = one per core, its default).
+    threads: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0 };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--rate" => a.rate = it.next().and_then(|v| v.parse().ok()).expect("--rate N"),
+            "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--stream" => a.stream = true,
+            "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+/// A fast OpenAI-shaped upstream: a fixed answer, at once (JSON or a short SSE stream).
+async fn mock_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let json = Bytes::from_static(br#"{"id":"chatcmpl-load","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#);
+    let sse = Bytes::from(sluice_benches::sse_stream(20));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (json, sse) = (json.clone(), sse.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (json, sse) = (json.clone(), sse.clone());
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body =
+                                req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
+                            let (ct, payload) = if streaming {
+                                ("text/event-stream", sse)
+                            } else {
+                                ("application/json", json)
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .header("content-type", ct)
+                                    .body(Full::new(payload))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn gateway_binary() -> PathBuf {
+    let bin = workspace().join("target/release/sluice");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--locked", "-p", "sluice", "--bin", "sluice"])
+        .current_dir(workspace())
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the gateway failed");
+    bin
+}
+
+struct Proc(Child, Vec<u32>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM lets nginx's master take its workers down with it.
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sluice(dir: &Path, upstream: SocketAddr, port: u16, threads: usize) -> Proc {
+    let config = format!(
+        "[server]\nthreads = {threads}\n\
+         [providers.up]\nkind = \"openai_compatible\"\nbase_url = \"http://{upstream}/v1\"\nhealth_check = {{ enabled = false }}\n\
+         [models.m]\ntargets = [{{ provider = \"up\", model = \"m\" }}]\n\
+         [[keys.key]]\nid = \"load\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n"
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(gateway_binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("SLUICE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sluice");
+    let pid = child.id();
+    Proc(child, vec![pid])
+}
+
+fn start_nginx(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Proc> {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         upstream up {{ server {upstream}; keepalive 64; }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\"; proxy_buffering off; }} }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx)
+        .args(["-p", &d.to_string(), "-c"])
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![pid];
+    pids.extend(children(pid));
+    Some(Proc(child, pids))
+}
+
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// CPU time (user + system) of the processes, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+struct Run {
+    latencies: Vec<Duration>,
+    overheads_us: Vec<u64>,
+    errors: usize,
+    cpu_us_per_request: Option<f64>,
+}
+
+async fn wait_up(client: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if client.get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+/// Sends `rate` requests per second for `seconds`, open-loop: each request leaves at its scheduled
+/// time whatever the previous ones do, and its latency counts from that time.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+    rate: u64,
+    seconds: u64,
+    pids: &[u32],
+) -> Run {
+    let total = rate * seconds;
+    let start = Instant::now() + Duration::from_millis(50);
+    let ticks_before = cpu_ticks(pids);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            // Latency counts from the send: the timer that released this task has 1 ms granularity.
+            let sent = Instant::now();
+            let r = client
+                .post(url)
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            let ok = match r {
+                Ok(r) if r.status().is_success() => {
+                    let overhead = r
+                        .headers()
+                        .get("x-sluice-overhead-us")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    r.bytes().await.ok().map(|_| overhead)
+                }
+                _ => None,
+            };
+            (sent.elapsed(), ok)
+        }));
+    }
+    let mut run =
+        Run { latencies: Vec::new(), overheads_us: Vec::new(), errors: 0, cpu_us_per_request: None };
+    for t in tasks {
+        let (latency, ok) = t.await.unwrap();
+        match ok {
+            Some(overhead) => {
+                run.latencies.push(latency);
+                run.overheads_us.extend(overhead);
+            }
+            None => run.errors += 1,
+        }
+    }
+    if !pids.is_empty() {
+        let ticks = cpu_ticks(pids) - ticks_before;
+        run.cpu_us_per_request = Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / total as f64);
+    }
+    run
+}
+
+fn pct<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = args();
+    let dir = std::env::temp_dir().join(format!("sluice-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let upstream = mock_upstream().await;
+    let (sluice_port, nginx_port) = (free_port(), free_port());
+    let sluice = start_sluice(&dir, upstream, sluice_port, args.threads);
+    let nginx = start_nginx(&dir, upstream, nginx_port);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    wait_up(&client, &format!("http://127.0.0.1:{sluice_port}/health")).await;
+
+    let body = Bytes::from(sluice_benches::chat_body(1024, args.stream));
+    let body = {
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["model"] = "m".into();
+        Bytes::from(serde_json::to_vec(&v).unwrap())
+    };
+    let targets: Vec<(&str, String, Vec<u32>)> = [
+        Some(("direct", format!("http://{upstream}/v1/chat/completions"), Vec::new())),
+        Some(("sluice", format!("http://127.0.0.1:{sluice_port}/v1/chat/completions"), sluice.1.clone())),
+        nginx
+            .as_ref()
+            .map(|n| ("nginx", format!("http://127.0.0.1:{nginx_port}/v1/chat/completions"), n.1.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    println!(
+        "load: {} req/s for {} s, {} body of {} bytes, {} cores",
+        args.rate,
+        args.seconds,
+        if args.stream { "streaming" } else { "JSON" },
+        body.len(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut results = Vec::new();
+    for (name, url, pids) in &targets {
+        // Warm-up: connections, caches, allocator.
+        drive(&client, url, body.clone(), args.rate, 1, &[]).await;
+        let mut run = drive(&client, url, body.clone(), args.rate, args.seconds, pids).await;
+        run.latencies.sort();
+        run.overheads_us.sort();
+        results.push((*name, run));
+    }
+    println!("\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request |");
+    println!("|---|---|---|---|---|---|");
+    for (name, run) in &results {
+        if run.latencies.is_empty() {
+            println!("| {name} | - | - | - | {} | - |", run.errors);
+            continue;
+        }
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            ms(pct(&run.latencies, 0.50)),
+            ms(pct(&run.latencies, 0.95)),
+            ms(pct(&run.latencies, 0.99)),
+            run.errors,
+            run.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}"))
+        );
+    }
+    let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, r)| r);
+    let (direct, sluice_run) = (get("direct").unwrap(), get("sluice").unwrap());
+    let mut ok = sluice_run.errors == 0 && !sluice_run.latencies.is_empty();
+    if !sluice_run.overheads_us.is_empty() {
+        let o = &sluice_run.overheads_us;
+        let p99 = pct(o, 0.99);
+        println!(
+            "\nsluice self-measured overhead (x-sluice-overhead-us): p50 {} µs, p95 {} µs, p99 {} µs",
+            pct(o, 0.50),
+            pct(o, 0.95),
+            p99
+        );
+        let added = pct(&sluice_run.latencies, 0.99).saturating_sub(pct(&direct.latencies, 0.99));
+        println!("added latency at p99 (sluice p99 - direct p99): {} ms", ms(added));
+        let pass = p99 < 1000;
+        ok &= pass;
+        println!("target: overhead p99 < 1 ms: {}", if pass { "PASS" } else { "FAIL" });
+    }
+    if let (Some(n), Some(s)) =
+        (get("nginx").and_then(|r| r.cpu_us_per_request), sluice_run.cpu_us_per_request)
+    {
+        let ratio = s / n.max(0.1);
+        let pass = ratio <= 2.0;
+        ok &= pass;
+        println!(
+            "CPU per request: sluice {s:.1} µs, nginx {n:.1} µs, ratio {ratio:.2} (target <= 2.0): {}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+    } else {
+        println!("nginx not found: CPU comparison skipped (scripts/bench-load installs it)");
+    }
+    drop(sluice);
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::process::exit(if ok { 0 } else { 1 });
+}
