@@ -100,7 +100,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         server.add_service(svc);
     }
     log::info!("sluice listening on {listen} with {threads} threads");
+    crate::logging::start_access_flusher();
     server.run(RunArgs { shutdown_signal: Box::new(Drain { lifecycle, grace: settings.shutdown_grace }) });
+    crate::logging::flush_access();
     Ok(())
 }
 

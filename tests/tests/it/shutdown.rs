@@ -19,6 +19,12 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let took = gw.wait_exit(Duration::from_secs(8)).await.expect("exits after draining");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    let log = gw.access_log();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("/v1/chat/completions")).count(),
+        1,
+        "access log flushed at exit: {log}"
+    );
 }
 
 #[tokio::test]
