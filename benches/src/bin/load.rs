@@ -207,6 +207,25 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Context switches (voluntary + involuntary) of every thread of the processes.
+fn context_switches(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+            for line in status.lines() {
+                if line.starts_with("voluntary_ctxt_switches")
+                    || line.starts_with("nonvoluntary_ctxt_switches")
+                {
+                    total += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    total
+}
+
 fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -222,6 +241,7 @@ struct Run {
     overheads_us: Vec<u64>,
     errors: usize,
     cpu_us_per_request: Option<f64>,
+    switches_per_request: Option<f64>,
 }
 
 async fn wait_up(client: &reqwest::Client, url: &str) {
@@ -247,6 +267,7 @@ async fn drive(
     let total = rate * seconds;
     let start = Instant::now() + Duration::from_millis(50);
     let ticks_before = cpu_ticks(pids);
+    let switches_before = context_switches(pids);
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
         let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
@@ -275,8 +296,13 @@ async fn drive(
             (sent.elapsed(), ok)
         }));
     }
-    let mut run =
-        Run { latencies: Vec::new(), overheads_us: Vec::new(), errors: 0, cpu_us_per_request: None };
+    let mut run = Run {
+        latencies: Vec::new(),
+        overheads_us: Vec::new(),
+        errors: 0,
+        cpu_us_per_request: None,
+        switches_per_request: None,
+    };
     for t in tasks {
         let (latency, ok) = t.await.unwrap();
         match ok {
@@ -290,6 +316,7 @@ async fn drive(
     if !pids.is_empty() {
         let ticks = cpu_ticks(pids) - ticks_before;
         run.cpu_us_per_request = Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / total as f64);
+        run.switches_per_request = Some((context_switches(pids) - switches_before) as f64 / total as f64);
     }
     run
 }
@@ -348,20 +375,21 @@ async fn main() {
         run.overheads_us.sort();
         results.push((*name, run));
     }
-    println!("\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request | context switches/request |");
+    println!("|---|---|---|---|---|---|---|");
     for (name, run) in &results {
         if run.latencies.is_empty() {
-            println!("| {name} | - | - | - | {} | - |", run.errors);
+            println!("| {name} | - | - | - | {} | - | - |", run.errors);
             continue;
         }
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} |",
             ms(pct(&run.latencies, 0.50)),
             ms(pct(&run.latencies, 0.95)),
             ms(pct(&run.latencies, 0.99)),
             run.errors,
-            run.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}"))
+            run.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}")),
+            run.switches_per_request.map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
     let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, r)| r);

@@ -73,7 +73,8 @@ async fn upstreams_over_tls_are_verified_with_a_custom_ca_and_use_h2() {
     let dir = std::env::temp_dir().join(format!("sluice-tls-{}-b", std::process::id()));
     let (upstream, port) = tls_gateway(&dir).await;
     // The front gateway reaches the TLS gateway as an OpenAI-compatible provider.
-    let text = config(&[], "")
+    // One worker thread: connections are pooled per worker, so all requests share one.
+    let text = config(&[], "[server]\nthreads = 1\n")
         + &format!(
             "[providers.tls]\nkind = \"openai_compatible\"\nbase_url = \"https://localhost:{port}/v1\"\n\
              api_key = \"file:{{dir}}/key\"\nca_file = \"{}\"\nhealth_check = {{ enabled = false }}\n\

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::connectors::http::Connector;
 use sluice_core::secret::Secret;
 use sluice_plugins::PluginsConfig;
 
@@ -45,7 +44,6 @@ pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, String> {
 
 /// Checks the parsed file and builds the gateway.
 pub fn build(file: ConfigFile) -> Result<Gateway, String> {
-    let connector = Arc::new(Connector::new(None));
     let settings = Settings {
         listen: file.server.listen.clone(),
         threads: file.server.threads,
@@ -60,7 +58,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     }
     let mut providers = BTreeMap::new();
     for (name, p) in &file.providers {
-        let provider = provider(name, p, &connector).map_err(|e| format!("providers.{name}.{e}"))?;
+        let provider = provider(name, p).map_err(|e| format!("providers.{name}.{e}"))?;
         providers.insert(name.clone(), Arc::new(provider));
     }
     let mut routes = BTreeMap::new();
@@ -106,17 +104,10 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     }
     let plugins = sluice_plugins::chain(&PluginsConfig { keys: file.keys.clone() })?;
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    Ok(Gateway {
-        settings,
-        router: Router { routes },
-        plugins,
-        connector,
-        metrics,
-        lifecycle: Default::default(),
-    })
+    Ok(Gateway { settings, router: Router { routes }, plugins, metrics, lifecycle: Default::default() })
 }
 
-fn provider(name: &str, p: &file::ProviderFile, connector: &Arc<Connector>) -> Result<Provider, String> {
+fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
     let transport = match p.kind {
         ProviderKind::Mock => {
             if p.base_url.is_some() || !p.endpoints.is_empty() || p.api_key.is_some() || p.ca_file.is_some() {
@@ -175,7 +166,7 @@ fn provider(name: &str, p: &file::ProviderFile, connector: &Arc<Connector>) -> R
                 None => None,
             };
             Transport::Http(HttpUpstream {
-                pool: EndpointPool::new(endpoints, settings, probe, connector.clone(), ca.clone()),
+                pool: EndpointPool::new(endpoints, settings, probe, ca.clone()),
                 api_key,
                 headers,
                 stream_usage: p.stream_usage,

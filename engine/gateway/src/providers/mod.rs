@@ -68,7 +68,13 @@ pub struct UpstreamReply {
 
 pub enum ReplyBody {
     /// A live HTTP response; the session goes back to the pool when the body is fully read.
-    Http { session: Box<HttpSession>, peer: Box<pingora::prelude::HttpPeer>, idle: Duration },
+    Http {
+        session: Box<HttpSession>,
+        peer: Box<pingora::prelude::HttpPeer>,
+        idle: Duration,
+        /// The pool the session goes back to.
+        connector: std::sync::Arc<pingora::connectors::http::Connector>,
+    },
     /// Chunks produced in-process, released with a delay between them.
     Chunks { chunks: std::collections::VecDeque<Bytes>, pacing: Duration, first: bool },
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 // Pingora's timeouts share 10 ms timer ticks and arm lazily: no timer-wheel wake per request.
 use pingora::proxy::Session;
@@ -196,7 +197,7 @@ async fn attempt(
         (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
         (Ok(()), Transport::Http(up)) => {
             let body = serde_json::to_vec(&request.body).unwrap_or_default();
-            http_attempt(gw, ctx, request, up, Bytes::from(body), failed_addrs).await
+            http_attempt(ctx, request, up, Bytes::from(body), failed_addrs).await
         }
     };
     // Later attempts and plugins see the request as the client sent it.
@@ -213,7 +214,7 @@ async fn attempt(
     let mut reply = result?;
     // A JSON answer is read whole here, so that a body cut short can still fall over.
     if !is_sse(&reply) {
-        let body = read_all(&mut reply.body, &gw.connector).await?;
+        let body = read_all(&mut reply.body).await?;
         reply.body = ReplyBody::Chunks {
             chunks: std::iter::once(body).collect(),
             pacing: Duration::ZERO,
@@ -227,7 +228,6 @@ async fn attempt(
 const ENDPOINTS_PER_ATTEMPT: usize = 3;
 
 async fn http_attempt(
-    gw: &Gateway,
     ctx: &Ctx,
     request: &Request,
     up: &HttpUpstream,
@@ -237,14 +237,15 @@ async fn http_attempt(
     let settings = &up.pool.settings;
     let deadline = Instant::now() + settings.first_byte_timeout;
     let mut last = Failure::new(FailureKind::NoEndpoint, "no healthy endpoint");
+    let connector = endpoints::connector();
     for _ in 0..ENDPOINTS_PER_ATTEMPT {
         let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
         let peer = endpoints::peer(addr, &info, settings, up.ca.clone());
         let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
             .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        match fast_timeout(left, exchange(gw, &peer, addr, header, body.clone())).await {
-            Ok(Ok(session)) => return classify(gw, session, peer, settings.idle_timeout).await,
+        match fast_timeout(left, exchange(&connector, &peer, addr, header, body.clone())).await {
+            Ok(Ok(session)) => return classify(session, peer, settings.idle_timeout, connector).await,
             // A refused or failed connect: another endpoint of the same provider may take it.
             Ok(Err(f)) if f.kind == FailureKind::Connect => {
                 failed_addrs.push(addr);
@@ -265,7 +266,7 @@ async fn http_attempt(
 /// Sends the request and reads the response header. A pooled connection may have gone stale:
 /// one immediate retry on a fresh one.
 async fn exchange(
-    gw: &Gateway,
+    connector: &Connector,
     peer: &pingora::prelude::HttpPeer,
     addr: SocketAddr,
     header: pingora::http::RequestHeader,
@@ -274,7 +275,7 @@ async fn exchange(
     let mut tries = 0;
     loop {
         tries += 1;
-        let (mut s, reused) = gw.connector.get_http_session(peer).await.map_err(|e| {
+        let (mut s, reused) = connector.get_http_session(peer).await.map_err(|e| {
             Failure::new(FailureKind::Connect, format!("connect to {addr}: {}", e.etype().as_str()))
         })?;
         let sent = async {
@@ -299,10 +300,10 @@ async fn exchange(
 
 /// Turns a response header into a reply, or into a failure worth falling over for (408, 429, 5xx).
 async fn classify(
-    gw: &Gateway,
     session: HttpSession,
     peer: pingora::prelude::HttpPeer,
     idle: Duration,
+    connector: Arc<Connector>,
 ) -> Result<UpstreamReply, Failure> {
     let Some(h) = session.response_header() else {
         return Err(Failure::new(FailureKind::Broken, "no response header"));
@@ -316,10 +317,9 @@ async fn classify(
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(3600.0)));
-    let mut body = ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle };
+    let mut body = ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle, connector };
     if status == 408 || status == 429 || status >= 500 {
-        let text =
-            read_all(&mut body, &gw.connector).await.map(|b| openai::error_message(&b)).unwrap_or_default();
+        let text = read_all(&mut body).await.map(|b| openai::error_message(&b)).unwrap_or_default();
         let mut f = Failure::new(FailureKind::Status(status), format!("HTTP {status}: {text}"));
         if status == 429 {
             f.retry_after = retry_after.or(Some(Duration::from_secs(1)));
@@ -335,10 +335,7 @@ fn is_sse(reply: &UpstreamReply) -> bool {
 
 impl ReplyBody {
     /// The next chunk; `Ok(None)` at the end. HTTP sessions go back to the pool when drained.
-    async fn next(
-        &mut self,
-        connector: &pingora::connectors::http::Connector,
-    ) -> Result<Option<Bytes>, Failure> {
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         match self {
             ReplyBody::Chunks { chunks, pacing, first } => {
                 if !*first && !pacing.is_zero() && !chunks.is_empty() {
@@ -351,7 +348,7 @@ impl ReplyBody {
                 match fast_timeout(*idle, session.read_response_body()).await {
                     Ok(Ok(Some(b))) => Ok(Some(b)),
                     Ok(Ok(None)) => {
-                        release(self, connector).await;
+                        release(self).await;
                         Ok(None)
                     }
                     Ok(Err(e)) => Err(Failure::new(
@@ -369,24 +366,21 @@ impl ReplyBody {
 }
 
 /// Returns a drained HTTP session to the connection pool.
-async fn release(body: &mut ReplyBody, connector: &pingora::connectors::http::Connector) {
+async fn release(body: &mut ReplyBody) {
     let done = std::mem::replace(
         body,
         ReplyBody::Chunks { chunks: Default::default(), pacing: Duration::ZERO, first: true },
     );
-    if let ReplyBody::Http { session, peer, .. } = done {
+    if let ReplyBody::Http { session, peer, connector, .. } = done {
         let session: HttpSession = *session;
         connector.release_http_session(session, &*peer, Some(Duration::from_secs(90))).await;
     }
 }
 
 /// Reads a whole (non-streamed) answer, bounded.
-async fn read_all(
-    body: &mut ReplyBody,
-    connector: &pingora::connectors::http::Connector,
-) -> Result<Bytes, Failure> {
+async fn read_all(body: &mut ReplyBody) -> Result<Bytes, Failure> {
     let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next(connector).await? {
+    while let Some(chunk) = body.next().await? {
         if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(Failure::new(FailureKind::Broken, "answer larger than 64 MiB"));
         }
@@ -406,7 +400,7 @@ async fn deliver(
 ) -> Result<(), GatewayError> {
     let content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
     if !is_sse(&reply) {
-        let body = read_all(&mut reply.body, &gw.connector)
+        let body = read_all(&mut reply.body)
             .await
             .map_err(|f| GatewayError::new(ErrorKind::BadGateway, f.reason))?;
         if (200..300).contains(&reply.status) {
@@ -429,7 +423,7 @@ async fn deliver(
     let mut tracker = SseTracker::new(hide_usage);
     let outcome = loop {
         let waited = Instant::now();
-        let next = reply.body.next(&gw.connector).await;
+        let next = reply.body.next().await;
         ctx.upstream_time += waited.elapsed();
         match next {
             Ok(Some(chunk)) => {

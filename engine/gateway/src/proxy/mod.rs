@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -43,12 +42,11 @@ use crate::routing::Router;
 use crate::server::{InflightGuard, Lifecycle};
 use inbound::RouteKind;
 
-/// The gateway: settings, routes, plugins, the shared upstream connector and the metrics.
+/// The gateway: settings, routes, plugins and the metrics.
 pub struct Gateway {
     pub settings: Settings,
     pub router: Router,
     pub plugins: Vec<Arc<dyn Plugin>>,
-    pub connector: Arc<Connector>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
 }

@@ -103,7 +103,6 @@ impl EndpointPool {
         endpoints: Vec<EndpointInfo>,
         settings: PeerSettings,
         probe: Option<ProbeSpec>,
-        connector: Arc<Connector>,
         ca: Option<CaRoots>,
     ) -> Self {
         let discovery = DnsDiscovery { endpoints: endpoints.into_iter().map(Arc::new).collect() };
@@ -114,7 +113,6 @@ impl EndpointPool {
             lb.set_health_check(Box::new(Probe {
                 path,
                 headers,
-                connector,
                 timeout: settings.connect_timeout.max(Duration::from_secs(2)),
                 log: probes.clone(),
                 ca,
@@ -150,6 +148,17 @@ impl EndpointPool {
             })
             .collect()
     }
+}
+
+thread_local! {
+    static CONNECTOR: Arc<Connector> = Arc::new(Connector::new(None));
+}
+
+/// This thread's upstream connector. Worker runtimes are single-threaded and never steal work, so a
+/// pooled connection stays on the thread (and the reactor) that owns its socket: reusing it never
+/// needs a cross-thread wake.
+pub fn connector() -> Arc<Connector> {
+    CONNECTOR.with(Arc::clone)
 }
 
 /// Trusted roots for a provider's TLS certificates, when not the system's.
@@ -222,7 +231,6 @@ impl ServiceDiscovery for DnsDiscovery {
 struct Probe {
     path: String,
     headers: Vec<(String, String)>,
-    connector: Arc<Connector>,
     timeout: Duration,
     log: Arc<Mutex<HashMap<String, ProbeResult>>>,
     ca: Option<CaRoots>,
@@ -240,7 +248,8 @@ impl Probe {
             idle_timeout: self.timeout,
         };
         let peer = peer(addr, info, &settings, self.ca.clone());
-        let (mut session, _) = self.connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
+        let connector = connector();
+        let (mut session, _) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
         let path = format!("{}{}", info.base_path, self.path);
         let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
         req.insert_header("host", info.authority()).map_err(|e| e.to_string())?;
@@ -252,7 +261,7 @@ impl Probe {
         session.read_response_header().await.map_err(|e| e.to_string())?;
         let status = session.response_header().map_or(0, |h| h.status.as_u16());
         while let Some(_chunk) = session.read_response_body().await.map_err(|e| e.to_string())? {}
-        self.connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
+        connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
         Ok(status)
     }
 }
