@@ -153,6 +153,30 @@ fn start_sluice(dir: &Path, upstream: SocketAddr, port: u16, threads: usize) -> 
     Proc(child, vec![pid])
 }
 
+/// Plain Pingora with nothing on it (`pingora-baseline`), built next to this binary.
+fn start_pingora(upstream: SocketAddr, port: u16, threads: usize) -> Option<Proc> {
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--locked", "-p", "sluice-benches", "--bin", "pingora-baseline"])
+        .current_dir(workspace())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let threads =
+        if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    let child = Command::new(workspace().join("target/release/pingora-baseline"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(upstream.to_string())
+        .arg(threads.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    Some(Proc(child, vec![pid]))
+}
+
 fn start_nginx(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Proc> {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
     let d = dir.display();
@@ -335,11 +359,15 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("sluice-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let upstream = mock_upstream().await;
-    let (sluice_port, nginx_port) = (free_port(), free_port());
+    let (sluice_port, nginx_port, pingora_port) = (free_port(), free_port(), free_port());
     let sluice = start_sluice(&dir, upstream, sluice_port, args.threads);
     let nginx = start_nginx(&dir, upstream, nginx_port);
+    let pingora = start_pingora(upstream, pingora_port, args.threads);
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     wait_up(&client, &format!("http://127.0.0.1:{sluice_port}/health")).await;
+    if pingora.is_some() {
+        wait_up(&client, &format!("http://127.0.0.1:{pingora_port}/")).await;
+    }
 
     let body = Bytes::from(sluice_benches::chat_body(1024, args.stream));
     let body = {
@@ -350,6 +378,9 @@ async fn main() {
     let targets: Vec<(&str, String, Vec<u32>)> = [
         Some(("direct", format!("http://{upstream}/v1/chat/completions"), Vec::new())),
         Some(("sluice", format!("http://127.0.0.1:{sluice_port}/v1/chat/completions"), sluice.1.clone())),
+        pingora.as_ref().map(|p| {
+            ("pingora", format!("http://127.0.0.1:{pingora_port}/v1/chat/completions"), p.1.clone())
+        }),
         nginx
             .as_ref()
             .map(|n| ("nginx", format!("http://127.0.0.1:{nginx_port}/v1/chat/completions"), n.1.clone())),
@@ -424,6 +455,7 @@ async fn main() {
         println!("nginx not found: CPU comparison skipped (scripts/bench-load installs it)");
     }
     drop(sluice);
+    drop(pingora);
     drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(if ok { 0 } else { 1 });
