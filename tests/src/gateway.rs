@@ -61,6 +61,8 @@ impl TestGateway {
                 return gw;
             }
             gw.kill();
+            // The directory (config, logs) serves the next attempt: dropping `gw` must not remove it.
+            gw.dir = PathBuf::new();
         }
         panic!(
             "the gateway did not start; stderr:\n{}",
@@ -77,7 +79,11 @@ impl TestGateway {
             {
                 return false;
             }
-            if client.get(self.url("/health")).send().await.is_ok() {
+            // Ready once /health answers with anything but "starting" (signal handlers installed).
+            if let Ok(r) = client.get(self.url("/health")).send().await
+                && let Ok(body) = r.text().await
+                && !body.contains("\"status\":\"starting\"")
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string, without `?` (empty when none).
+    pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
@@ -51,6 +53,7 @@ struct State {
     probes: AtomicUsize,
     connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
+    last_probe: Mutex<Option<Recorded>>,
     /// A behaviour forced on every request, overriding the model name.
     forced: Mutex<Option<String>>,
 }
@@ -114,6 +117,11 @@ impl MockOpenAi {
         *self.state.forced.lock().expect("forced") = behaviour.map(str::to_owned);
     }
 
+    /// The last health probe received.
+    pub fn last_probe(&self) -> Option<Recorded> {
+        self.state.last_probe.lock().expect("probe").clone()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().expect("requests").clone()
     }
@@ -132,11 +140,14 @@ type Body = BoxBody<Bytes, std::io::Error>;
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let headers =
         req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if method == "GET" && path.ends_with("/models") {
         state.probes.fetch_add(1, Ordering::SeqCst);
+        *state.last_probe.lock().expect("probe") =
+            Some(Recorded { method, path, query, headers, body: Bytes::new() });
         return Ok(json_response(
             200,
             json!({"object": "list", "data": [{"id": "mock", "object": "model"}]}),
@@ -146,6 +157,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     state.requests.lock().expect("requests").push(Recorded {
         method,
         path: path.clone(),
+        query,
         headers,
         body: body.clone(),
     });

@@ -27,9 +27,16 @@ use crate::proxy::Gateway;
 pub struct Lifecycle {
     inflight: AtomicUsize,
     draining: AtomicBool,
+    /// Signal handlers are installed: until then a SIGTERM or SIGINT could be lost, so the gateway
+    /// reports itself as starting.
+    started: AtomicBool,
 }
 
 impl Lifecycle {
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -142,6 +149,7 @@ impl ShutdownSignalWatch for Drain {
             log::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
+        self.lifecycle.started.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = int.recv() => return ShutdownSignal::FastShutdown,
             _ = term.recv() => {}

@@ -23,6 +23,7 @@ fn every_file_in_conf_passes_check_config() {
             .arg(&path)
             .env("OPENAI_API_KEY", "sk-example")
             .env("LOCAL_LLM_KEY", "sk-example")
+            .env("AZURE_OPENAI_API_KEY", "example")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));

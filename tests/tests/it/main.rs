@@ -8,6 +8,7 @@
 )]
 
 mod api;
+mod azure;
 mod config;
 mod fallback;
 mod observability;

@@ -67,6 +67,7 @@ pub struct RoutingFile {
 pub enum ProviderKind {
     Openai,
     OpenaiCompatible,
+    AzureOpenai,
     Mock,
 }
 
@@ -93,6 +94,11 @@ pub struct ProviderFile {
     /// Ask the upstream for a usage chunk on every stream (`stream_options.include_usage`).
     #[serde(default = "default_true")]
     pub stream_usage: bool,
+    /// `azure_openai` only: the `api-version` query parameter, e.g. `2024-10-21`.
+    pub api_version: Option<String>,
+    /// `azure_openai` only: deployment name per upstream model name (default: the model name).
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
     /// PEM file of CA certificates to verify this provider's TLS certificate with (default: the
     /// system's roots).
     pub ca_file: Option<String>,
@@ -108,9 +114,9 @@ pub struct ProviderFile {
 pub struct HealthCheckFile {
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Path below `base_url` probed with GET.
-    #[serde(default = "default_probe_path")]
-    pub path: String,
+    /// Path below `base_url` probed with GET (default: the provider's models endpoint, `/models`,
+    /// or `/openai/models?api-version=...` for Azure).
+    pub path: Option<String>,
     #[serde(default = "default_probe_interval")]
     pub interval: String,
 }
@@ -166,7 +172,7 @@ impl Default for RoutingFile {
 
 impl Default for HealthCheckFile {
     fn default() -> Self {
-        Self { enabled: true, path: default_probe_path(), interval: default_probe_interval() }
+        Self { enabled: true, path: None, interval: default_probe_interval() }
     }
 }
 
@@ -196,9 +202,6 @@ fn default_first_byte_timeout() -> String {
 }
 fn default_idle_timeout() -> String {
     "60s".into()
-}
-fn default_probe_path() -> String {
-    "/models".into()
 }
 fn default_probe_interval() -> String {
     "15s".into()

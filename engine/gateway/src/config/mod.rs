@@ -15,7 +15,7 @@ use sluice_core::secret::Secret;
 use sluice_plugins::PluginsConfig;
 
 use crate::metrics::Metrics;
-use crate::providers::{HttpUpstream, Provider, Transport, mock::Mock};
+use crate::providers::{Dialect, HttpUpstream, Provider, Transport, mock::Mock};
 use crate::proxy::Gateway;
 use crate::routing::circuit::Circuit;
 use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec, load_ca};
@@ -110,12 +110,17 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
 fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
     let transport = match p.kind {
         ProviderKind::Mock => {
-            if p.base_url.is_some() || !p.endpoints.is_empty() || p.api_key.is_some() || p.ca_file.is_some() {
+            if p.base_url.is_some()
+                || !p.endpoints.is_empty()
+                || p.api_key.is_some()
+                || p.ca_file.is_some()
+                || p.api_version.is_some()
+            {
                 return Err("kind: a `mock` provider takes no base_url, endpoints, api_key or ca_file".into());
             }
             Transport::Mock(Mock { pacing: duration(&p.pacing, "pacing")? })
         }
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai => {
             let Some(base) = &p.base_url else {
                 return Err("base_url: required for this kind of provider".into());
             };
@@ -125,8 +130,10 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
             }
             let api_key = match &p.api_key {
                 Some(r) => Some(Secret::resolve(r).map_err(|e| format!("api_key: {e}"))?),
-                None if p.kind == ProviderKind::Openai => {
-                    return Err("api_key: required for `openai` (e.g. \"env:OPENAI_API_KEY\")".into());
+                None if p.kind != ProviderKind::OpenaiCompatible => {
+                    return Err(
+                        "api_key: required for this kind of provider (e.g. \"env:OPENAI_API_KEY\")".into()
+                    );
                 }
                 None => None,
             };
@@ -148,16 +155,37 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                 first_byte_timeout: duration(&p.first_byte_timeout, "first_byte_timeout")?,
                 idle_timeout: duration(&p.idle_timeout, "idle_timeout")?,
             };
+            let dialect = if p.kind == ProviderKind::AzureOpenai {
+                let Some(api_version) = p.api_version.clone() else {
+                    return Err("api_version: required for `azure_openai` (e.g. \"2024-10-21\")".into());
+                };
+                Dialect::Azure { api_version, deployments: p.deployments.clone() }
+            } else {
+                if p.api_version.is_some() || !p.deployments.is_empty() {
+                    return Err("api_version: only `azure_openai` takes api_version and deployments".into());
+                }
+                Dialect::OpenAi
+            };
             let probe = if p.health_check.enabled {
                 let mut probe_headers = headers.clone();
                 if let Some(key) = &api_key {
-                    probe_headers.push(("authorization".into(), format!("Bearer {}", key.expose())));
+                    probe_headers.push(match dialect {
+                        Dialect::OpenAi => ("authorization".into(), format!("Bearer {}", key.expose())),
+                        Dialect::Azure { .. } => ("api-key".into(), key.expose().to_owned()),
+                    });
                 }
                 let every = duration(&p.health_check.interval, "health_check.interval")?;
-                if !p.health_check.path.starts_with('/') {
+                let path = match (&p.health_check.path, &dialect) {
+                    (Some(path), _) => path.clone(),
+                    (None, Dialect::OpenAi) => "/models".to_owned(),
+                    (None, Dialect::Azure { api_version, .. }) => {
+                        format!("/openai/models?api-version={api_version}")
+                    }
+                };
+                if !path.starts_with('/') {
                     return Err("health_check.path: must start with `/`".into());
                 }
-                Some(ProbeSpec { path: p.health_check.path.clone(), interval: every, headers: probe_headers })
+                Some(ProbeSpec { path, interval: every, headers: probe_headers })
             } else {
                 None
             };
@@ -166,6 +194,7 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                 None => None,
             };
             Transport::Http(HttpUpstream {
+                dialect,
                 pool: EndpointPool::new(endpoints, settings, probe, ca.clone()),
                 api_key,
                 headers,

@@ -28,8 +28,18 @@ pub enum Transport {
     Mock(mock::Mock),
 }
 
+/// How an OpenAI-shaped provider spells URLs and authentication.
+#[derive(Debug, Clone)]
+pub enum Dialect {
+    /// `{base}/chat/completions`, `Authorization: Bearer`.
+    OpenAi,
+    /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
+    Azure { api_version: String, deployments: std::collections::BTreeMap<String, String> },
+}
+
 /// An OpenAI-shaped HTTP provider: its endpoint pool, auth and extra headers.
 pub struct HttpUpstream {
+    pub dialect: Dialect,
     pub pool: EndpointPool,
     pub api_key: Option<Secret>,
     pub headers: Vec<(String, String)>,
@@ -53,6 +63,7 @@ impl Provider {
         match self.kind {
             ProviderKind::Openai => "openai",
             ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::AzureOpenai => "azure_openai",
             ProviderKind::Mock => "mock",
         }
     }

@@ -1,45 +1,40 @@
-//! OpenAI's wire format over HTTP, for `openai` and `openai_compatible` providers.
+//! OpenAI's wire format over HTTP, for `openai`, `openai_compatible` and `azure_openai` providers.
 //!
 //! The client's body is forwarded with every field it sent, unknown ones included; only `model` is
 //! rewritten to the target's upstream name, and `stream_options.include_usage` is added when the
-//! provider is asked for usage on every stream.
+//! provider is asked for usage on every stream (`proxy/forward.rs`). Azure differs only in its URLs
+//! (deployments, `api-version`) and its `api-key` header.
 
 use pingora::http::RequestHeader;
 use serde_json::Value;
 use sluice_core::GatewayError;
-use sluice_core::wire::Request;
+use sluice_core::ctx::Endpoint;
 
-use super::HttpUpstream;
+use super::{Dialect, HttpUpstream};
 use crate::routing::endpoints::EndpointInfo;
-
-/// The body for one attempt. Returns whether we asked for a usage chunk the client did not want
-/// (then it must be hidden from the client).
-pub fn body_for(request: &mut Request, upstream_model: &str, upstream: &HttpUpstream) -> (Vec<u8>, bool) {
-    request.body.insert("model".into(), Value::String(upstream_model.to_owned()));
-    let mut hide_usage = false;
-    if request.stream && upstream.stream_usage && !request.wants_stream_usage {
-        let options =
-            request.body.entry("stream_options").or_insert_with(|| Value::Object(serde_json::Map::new()));
-        if let Value::Object(o) = options {
-            o.insert("include_usage".into(), Value::Bool(true));
-            hide_usage = true;
-        }
-    }
-    let bytes = serde_json::to_vec(&request.body).unwrap_or_default();
-    // The alias goes back so that later attempts and plugins see what the client sent.
-    request.body.insert("model".into(), Value::String(request.model.clone()));
-    (bytes, hide_usage)
-}
 
 /// The request header for one attempt: the provider's key replaces the client's gateway key.
 pub fn header_for(
     info: &EndpointInfo,
-    path: &str,
+    endpoint: Endpoint,
+    upstream_model: &str,
     body_len: usize,
     upstream: &HttpUpstream,
     request_id: &str,
 ) -> Result<RequestHeader, GatewayError> {
-    let full = format!("{}{}", info.base_path, path);
+    let full = match &upstream.dialect {
+        Dialect::OpenAi => format!("{}{}", info.base_path, endpoint.path()),
+        Dialect::Azure { api_version, deployments } => {
+            let deployment = deployments.get(upstream_model).map_or(upstream_model, String::as_str);
+            format!(
+                "{}/openai/deployments/{}{}?api-version={}",
+                info.base_path,
+                deployment,
+                endpoint.path(),
+                api_version
+            )
+        }
+    };
     let build = || -> pingora::Result<RequestHeader> {
         let mut h = RequestHeader::build("POST", full.as_bytes(), Some(8))?;
         h.insert_header("host", info.authority())?;
@@ -48,7 +43,10 @@ pub fn header_for(
         h.insert_header("accept", "application/json, text/event-stream")?;
         h.insert_header("x-request-id", request_id)?;
         if let Some(key) = &upstream.api_key {
-            h.insert_header("authorization", format!("Bearer {}", key.expose()))?;
+            match upstream.dialect {
+                Dialect::OpenAi => h.insert_header("authorization", format!("Bearer {}", key.expose()))?,
+                Dialect::Azure { .. } => h.insert_header("api-key", key.expose())?,
+            }
         }
         for (k, v) in &upstream.headers {
             h.insert_header(k.clone(), v.as_str())?;

@@ -197,7 +197,7 @@ async fn attempt(
         (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
         (Ok(()), Transport::Http(up)) => {
             let body = serde_json::to_vec(&request.body).unwrap_or_default();
-            http_attempt(ctx, request, up, Bytes::from(body), failed_addrs).await
+            http_attempt(ctx, request, &target.upstream_model, up, Bytes::from(body), failed_addrs).await
         }
     };
     // Later attempts and plugins see the request as the client sent it.
@@ -230,6 +230,7 @@ const ENDPOINTS_PER_ATTEMPT: usize = 3;
 async fn http_attempt(
     ctx: &Ctx,
     request: &Request,
+    upstream_model: &str,
     up: &HttpUpstream,
     body: Bytes,
     failed_addrs: &mut Vec<SocketAddr>,
@@ -241,8 +242,9 @@ async fn http_attempt(
     for _ in 0..ENDPOINTS_PER_ATTEMPT {
         let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
         let peer = endpoints::peer(addr, &info, settings, up.ca.clone());
-        let header = openai::header_for(&info, request.endpoint.path(), body.len(), up, &ctx.core.request_id)
-            .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
+        let header =
+            openai::header_for(&info, request.endpoint, upstream_model, body.len(), up, &ctx.core.request_id)
+                .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
         match fast_timeout(left, exchange(&connector, &peer, addr, header, body.clone())).await {
             Ok(Ok(session)) => return classify(session, peer, settings.idle_timeout, connector).await,

@@ -166,6 +166,9 @@ impl Gateway {
                 if self.lifecycle.draining() {
                     status = 503;
                     body["status"] = "draining".into();
+                } else if !self.lifecycle.started() {
+                    status = 503;
+                    body["status"] = "starting".into();
                 }
                 respond::json(session, ctx, status, body.to_string().into_bytes()).await.map_err(write_error)
             }
