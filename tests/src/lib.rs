@@ -15,6 +15,7 @@
     reason = "test harness: a failed set-up must stop the test loudly"
 )]
 
+pub mod anthropic;
 pub mod gateway;
 pub mod openai;
 pub mod tls;

@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod sse;
+pub mod translate;

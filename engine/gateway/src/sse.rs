@@ -91,6 +91,31 @@ impl SseTracker {
     }
 }
 
+/// Splits a stream of bytes into complete SSE events, for streams that are translated rather than
+/// forwarded.
+#[derive(Debug, Default)]
+pub struct SseSplitter {
+    carry: BytesMut,
+}
+
+impl SseSplitter {
+    /// Calls `on_event` with each complete event (blank line included) now available.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) {
+        self.carry.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = event_end(&self.carry[start..]) {
+            on_event(&self.carry[start..start + end]);
+            start += end;
+        }
+        let _ = self.carry.split_to(start);
+    }
+
+    /// What is left at the end of the stream (an event without its blank line).
+    pub fn rest(&mut self) -> Bytes {
+        self.carry.split().freeze()
+    }
+}
+
 /// Length of the first complete event in `buf`, its terminating blank line included.
 fn event_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
@@ -106,7 +131,7 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The payload of the event's first `data:` line, trimmed.
-fn data_of(event: &[u8]) -> Option<&[u8]> {
+pub fn data_of(event: &[u8]) -> Option<&[u8]> {
     for line in event.split(|b| *b == b'\n') {
         if let Some(rest) = line.strip_prefix(b"data:") {
             let rest = rest.strip_prefix(b" ").unwrap_or(rest);

@@ -7,6 +7,7 @@
     reason = "test helpers: a failed step must stop the test loudly"
 )]
 
+mod anthropic;
 mod api;
 mod azure;
 mod config;

@@ -68,6 +68,7 @@ pub enum ProviderKind {
     Openai,
     OpenaiCompatible,
     AzureOpenai,
+    Anthropic,
     Mock,
 }
 
@@ -99,6 +100,10 @@ pub struct ProviderFile {
     /// `azure_openai` only: deployment name per upstream model name (default: the model name).
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// `anthropic` only: the `anthropic-version` header (default `2023-06-01`).
+    pub anthropic_version: Option<String>,
+    /// `anthropic` only: `max_tokens` when the client sets none (Anthropic requires it).
+    pub default_max_tokens: Option<u64>,
     /// PEM file of CA certificates to verify this provider's TLS certificate with (default: the
     /// system's roots).
     pub ca_file: Option<String>,

@@ -120,7 +120,10 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
             }
             Transport::Mock(Mock { pacing: duration(&p.pacing, "pacing")? })
         }
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai => {
+        ProviderKind::Openai
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::AzureOpenai
+        | ProviderKind::Anthropic => {
             let Some(base) = &p.base_url else {
                 return Err("base_url: required for this kind of provider".into());
             };
@@ -155,29 +158,50 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                 first_byte_timeout: duration(&p.first_byte_timeout, "first_byte_timeout")?,
                 idle_timeout: duration(&p.idle_timeout, "idle_timeout")?,
             };
-            let dialect = if p.kind == ProviderKind::AzureOpenai {
-                let Some(api_version) = p.api_version.clone() else {
-                    return Err("api_version: required for `azure_openai` (e.g. \"2024-10-21\")".into());
-                };
-                Dialect::Azure { api_version, deployments: p.deployments.clone() }
-            } else {
-                if p.api_version.is_some() || !p.deployments.is_empty() {
-                    return Err("api_version: only `azure_openai` takes api_version and deployments".into());
+            if p.kind != ProviderKind::AzureOpenai && (p.api_version.is_some() || !p.deployments.is_empty()) {
+                return Err("api_version: only `azure_openai` takes api_version and deployments".into());
+            }
+            if p.kind != ProviderKind::Anthropic
+                && (p.anthropic_version.is_some() || p.default_max_tokens.is_some())
+            {
+                return Err(
+                    "anthropic_version: only `anthropic` takes anthropic_version and default_max_tokens"
+                        .into(),
+                );
+            }
+            let dialect = match p.kind {
+                ProviderKind::AzureOpenai => {
+                    let Some(api_version) = p.api_version.clone() else {
+                        return Err("api_version: required for `azure_openai` (e.g. \"2024-10-21\")".into());
+                    };
+                    Dialect::Azure { api_version, deployments: p.deployments.clone() }
                 }
-                Dialect::OpenAi
+                ProviderKind::Anthropic => Dialect::Anthropic {
+                    version: p.anthropic_version.clone().unwrap_or_else(|| "2023-06-01".to_owned()),
+                    default_max_tokens: p.default_max_tokens.unwrap_or(4096).max(1),
+                },
+                _ => Dialect::OpenAi,
             };
             let probe = if p.health_check.enabled {
                 let mut probe_headers = headers.clone();
                 if let Some(key) = &api_key {
-                    probe_headers.push(match dialect {
-                        Dialect::OpenAi => ("authorization".into(), format!("Bearer {}", key.expose())),
-                        Dialect::Azure { .. } => ("api-key".into(), key.expose().to_owned()),
-                    });
+                    match &dialect {
+                        Dialect::OpenAi => {
+                            probe_headers.push(("authorization".into(), format!("Bearer {}", key.expose())));
+                        }
+                        Dialect::Azure { .. } => {
+                            probe_headers.push(("api-key".into(), key.expose().to_owned()))
+                        }
+                        Dialect::Anthropic { version, .. } => {
+                            probe_headers.push(("x-api-key".into(), key.expose().to_owned()));
+                            probe_headers.push(("anthropic-version".into(), version.clone()));
+                        }
+                    }
                 }
                 let every = duration(&p.health_check.interval, "health_check.interval")?;
                 let path = match (&p.health_check.path, &dialect) {
                     (Some(path), _) => path.clone(),
-                    (None, Dialect::OpenAi) => "/models".to_owned(),
+                    (None, Dialect::OpenAi | Dialect::Anthropic { .. }) => "/models".to_owned(),
                     (None, Dialect::Azure { api_version, .. }) => {
                         format!("/openai/models?api-version={api_version}")
                     }

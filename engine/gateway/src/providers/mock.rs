@@ -42,6 +42,7 @@ impl Mock {
                         status: 200,
                         content_type: Some("text/event-stream".into()),
                         body: ReplyBody::Chunks { chunks, pacing: self.pacing, first: true },
+                        translate: None,
                     }
                 } else if chat {
                     json_reply(json!({"id": format!("chatcmpl-{id}"), "object": "chat.completion",
@@ -196,6 +197,7 @@ fn json_reply(v: Value) -> UpstreamReply {
         status: 200,
         content_type: Some("application/json".into()),
         body: ReplyBody::Chunks { chunks, pacing: Duration::ZERO, first: true },
+        translate: None,
     }
 }
 

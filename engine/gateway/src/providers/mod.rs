@@ -35,6 +35,9 @@ pub enum Dialect {
     OpenAi,
     /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
     Azure { api_version: String, deployments: std::collections::BTreeMap<String, String> },
+    /// Anthropic's Messages API, `{base}/messages`, `x-api-key` and `anthropic-version`; requests
+    /// and answers are translated (`crate::translate`).
+    Anthropic { version: String, default_max_tokens: u64 },
 }
 
 /// An OpenAI-shaped HTTP provider: its endpoint pool, auth and extra headers.
@@ -64,6 +67,7 @@ impl Provider {
             ProviderKind::Openai => "openai",
             ProviderKind::OpenaiCompatible => "openai_compatible",
             ProviderKind::AzureOpenai => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
             ProviderKind::Mock => "mock",
         }
     }
@@ -75,6 +79,8 @@ pub struct UpstreamReply {
     pub status: u16,
     pub content_type: Option<String>,
     pub body: ReplyBody,
+    /// Set when the provider's stream must be translated to OpenAI chunks on the way.
+    pub translate: Option<crate::translate::StreamTranslation>,
 }
 
 pub enum ReplyBody {

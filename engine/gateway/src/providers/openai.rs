@@ -34,6 +34,7 @@ pub fn header_for(
                 api_version
             )
         }
+        Dialect::Anthropic { .. } => format!("{}/messages", info.base_path),
     };
     let build = || -> pingora::Result<RequestHeader> {
         let mut h = RequestHeader::build("POST", full.as_bytes(), Some(8))?;
@@ -43,9 +44,13 @@ pub fn header_for(
         h.insert_header("accept", "application/json, text/event-stream")?;
         h.insert_header("x-request-id", request_id)?;
         if let Some(key) = &upstream.api_key {
-            match upstream.dialect {
+            match &upstream.dialect {
                 Dialect::OpenAi => h.insert_header("authorization", format!("Bearer {}", key.expose()))?,
                 Dialect::Azure { .. } => h.insert_header("api-key", key.expose())?,
+                Dialect::Anthropic { version, .. } => {
+                    h.insert_header("x-api-key", key.expose())?;
+                    h.insert_header("anthropic-version", version.as_str())?;
+                }
             }
         }
         for (k, v) in &upstream.headers {

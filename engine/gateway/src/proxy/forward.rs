@@ -17,15 +17,16 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use serde_json::Value;
-use sluice_core::ctx::TargetFacts;
+use sluice_core::ctx::{Endpoint, TargetFacts};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, GatewayError, Usage};
 
 use super::{Ctx, Gateway, respond, write_error};
-use crate::providers::{HttpUpstream, ReplyBody, Transport, UpstreamReply, openai};
+use crate::providers::{Dialect, HttpUpstream, ReplyBody, Transport, UpstreamReply, openai};
 use crate::routing::Target;
 use crate::routing::endpoints;
 use crate::sse::SseTracker;
+use crate::translate::{self, StreamTranslation};
 
 /// Largest non-streamed upstream answer we buffer.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -35,6 +36,8 @@ struct Failure {
     kind: FailureKind,
     reason: String,
     retry_after: Option<Duration>,
+    /// Set for [`FailureKind::Rejected`]: the error the client gets, at once.
+    rejection: Option<Box<GatewayError>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,9 @@ enum FailureKind {
     Status(u16),
     Broken,
     NoEndpoint,
+    /// The request cannot go to this target at all (a plugin refused it, or the provider cannot
+    /// express it): answered to the client at once, no fallback.
+    Rejected,
 }
 
 impl FailureKind {
@@ -55,18 +61,28 @@ impl FailureKind {
             Self::Status(_) => "bad_status",
             Self::Broken => "broken",
             Self::NoEndpoint => "no_endpoint",
+            Self::Rejected => "rejected",
         }
     }
 
     /// Does this failure count against the target's circuit?
     fn trips_circuit(self) -> bool {
-        !matches!(self, Self::Status(429) | Self::NoEndpoint)
+        !matches!(self, Self::Status(429) | Self::NoEndpoint | Self::Rejected)
     }
 }
 
 impl Failure {
     fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
-        Self { kind, reason: reason.into(), retry_after: None }
+        Self { kind, reason: reason.into(), retry_after: None, rejection: None }
+    }
+
+    fn rejected(e: GatewayError) -> Self {
+        Self {
+            kind: FailureKind::Rejected,
+            reason: e.message.clone(),
+            retry_after: None,
+            rejection: Some(Box::new(e)),
+        }
     }
 }
 
@@ -115,6 +131,7 @@ pub async fn forward(
                 target.circuit.record_success();
                 return deliver(gw, session, ctx, &request, reply, hide_usage).await;
             }
+            Err(Failure { rejection: Some(e), .. }) => return Err(*e),
             Err(f) => {
                 gw.metrics.attempts.with_label_values(&[target.name.as_str(), f.kind.label()]).inc();
                 if f.kind.trips_circuit() {
@@ -171,8 +188,10 @@ async fn attempt(
     target: &Arc<Target>,
     failed_addrs: &mut Vec<SocketAddr>,
 ) -> Result<(UpstreamReply, bool), Failure> {
+    // Translated streams and the mock always end with a usage chunk; OpenAI-shaped providers are
+    // asked for one when configured to.
     let asks_usage = match &target.provider.transport {
-        Transport::Http(up) => up.stream_usage,
+        Transport::Http(up) => up.stream_usage || matches!(up.dialect, Dialect::Anthropic { .. }),
         Transport::Mock(_) => true,
     };
     let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
@@ -188,17 +207,17 @@ async fn attempt(
     let mut outcome = Ok(());
     for plugin in &gw.plugins {
         if let Err(e) = plugin.on_upstream_request(&mut ctx.core, &mut request.body) {
-            outcome = Err(Failure::new(FailureKind::Broken, e.message));
+            outcome = Err(Failure::rejected(e));
             break;
         }
     }
     let result = match (outcome, &target.provider.transport) {
         (Err(f), _) => Err(f),
         (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
-        (Ok(()), Transport::Http(up)) => {
-            let body = serde_json::to_vec(&request.body).unwrap_or_default();
-            http_attempt(ctx, request, &target.upstream_model, up, Bytes::from(body), failed_addrs).await
-        }
+        (Ok(()), Transport::Http(up)) => match upstream_body(request, &target.upstream_model, up) {
+            Ok(body) => http_attempt(ctx, request, &target.upstream_model, up, body, failed_addrs).await,
+            Err(e) => Err(Failure::rejected(e)),
+        },
     };
     // Later attempts and plugins see the request as the client sent it.
     request.body.insert("model".into(), Value::String(request.model.clone()));
@@ -214,14 +233,70 @@ async fn attempt(
     let mut reply = result?;
     // A JSON answer is read whole here, so that a body cut short can still fall over.
     if !is_sse(&reply) {
-        let body = read_all(&mut reply.body).await?;
+        let mut body = read_all(&mut reply.body).await?;
+        if let Transport::Http(HttpUpstream { dialect: Dialect::Anthropic { .. }, .. }) =
+            &target.provider.transport
+        {
+            body = from_anthropic(reply.status, &body)?;
+            reply.content_type = Some("application/json".to_owned());
+        }
         reply.body = ReplyBody::Chunks {
             chunks: std::iter::once(body).collect(),
             pacing: Duration::ZERO,
             first: true,
         };
+    } else if let Transport::Http(HttpUpstream { dialect: Dialect::Anthropic { .. }, .. }) =
+        &target.provider.transport
+    {
+        reply.translate = Some(StreamTranslation::anthropic(unix_now()));
     }
     Ok((reply, hide_usage))
+}
+
+/// The body a provider receives: the client's OpenAI body as it now stands, or its translation.
+fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> Result<Bytes, GatewayError> {
+    match &up.dialect {
+        Dialect::OpenAi | Dialect::Azure { .. } => {
+            Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()))
+        }
+        Dialect::Anthropic { default_max_tokens, .. } => {
+            if request.endpoint != Endpoint::ChatCompletions {
+                return Err(GatewayError::invalid_request(format!(
+                    "Model `{}` is served by Anthropic, which has no {} endpoint.",
+                    request.model,
+                    request.endpoint.path()
+                ))
+                .with_param("model")
+                .with_code("unsupported_endpoint"));
+            }
+            let chat = translate::openai::chat_from_openai(&request.body, request.stream)?;
+            let body = translate::anthropic::request(&chat, upstream_model, *default_max_tokens);
+            Ok(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
+        }
+    }
+}
+
+/// An Anthropic JSON answer (or error) in OpenAI's shape. A 2xx that cannot be read is a broken
+/// answer, worth falling over for.
+fn from_anthropic(status: u16, body: &[u8]) -> Result<Bytes, Failure> {
+    if (200..300).contains(&status) {
+        let answer = translate::anthropic::answer(body).map_err(|e| Failure::new(FailureKind::Broken, e))?;
+        let v = translate::openai::answer_to_openai(&answer, unix_now());
+        return Ok(Bytes::from(v.to_string()));
+    }
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let kind = parsed.pointer("/error/type").and_then(Value::as_str).unwrap_or("invalid_request_error");
+    let e = serde_json::json!({"error": {
+        "message": openai::error_message(body),
+        "type": if kind == "authentication_error" { "invalid_request_error" } else { kind },
+        "param": null,
+        "code": null,
+    }});
+    Ok(Bytes::from(e.to_string()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Endpoints of one provider tried within one attempt when connections are refused.
@@ -328,7 +403,7 @@ async fn classify(
         }
         return Err(f);
     }
-    Ok(UpstreamReply { status, content_type, body })
+    Ok(UpstreamReply { status, content_type, body, translate: None })
 }
 
 fn is_sse(reply: &UpstreamReply) -> bool {
@@ -429,6 +504,10 @@ async fn deliver(
         ctx.upstream_time += waited.elapsed();
         match next {
             Ok(Some(chunk)) => {
+                let chunk = match reply.translate.as_mut() {
+                    Some(t) => t.feed(&chunk),
+                    None => chunk,
+                };
                 let plugins = &gw.plugins;
                 let core = &mut ctx.core;
                 let out = tracker.feed(chunk, |event| {
