@@ -9,6 +9,7 @@
 //! | `claude-overloaded` | HTTP 529 `overloaded_error`                                         |
 //! | `claude-bad`        | HTTP 400 `invalid_request_error`                                    |
 //! | `claude-cut`        | streams `message_start` and one delta, then drops the connection   |
+//! | `claude-stream-error` | streams one delta, then an `error` event (overloaded), then ends |
 //!
 //! A request without `x-api-key`, `anthropic-version` or `max_tokens` gets Anthropic's own 401/400.
 
@@ -200,6 +201,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 ))
                 .await;
             for (n, piece) in ["Hello", " from", " Claude."].iter().enumerate() {
+                if model == "claude-stream-error" && n == 1 {
+                    let _ = tx
+                        .send(sse(
+                            "error",
+                            json!({"type": "error",
+                            "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                        ))
+                        .await;
+                    return;
+                }
                 if model == "claude-cut" && n == 1 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let _ = tx.send(Err(std::io::Error::other("cut"))).await;

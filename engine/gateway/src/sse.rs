@@ -19,6 +19,8 @@ pub struct SseTracker {
     /// Characters of streamed `content`/`text` strings.
     pub content_chars: usize,
     pub saw_done: bool,
+    /// The upstream sent an error event (`data: {"error": ...}`): the stream ends there.
+    pub saw_error: bool,
     pub events: u64,
 }
 
@@ -75,6 +77,10 @@ impl SseTracker {
         let Some(data) = data_of(event) else { return false };
         if data == b"[DONE]" {
             self.saw_done = true;
+            return false;
+        }
+        if data.starts_with(b"{\"error\"") {
+            self.saw_error = true;
             return false;
         }
         self.content_chars += string_chars_after(data, b"\"content\":\"");
@@ -214,6 +220,13 @@ mod tests {
             assert_eq!(t.usage.unwrap().total(), 12);
             assert!(t.saw_done);
         }
+    }
+
+    #[test]
+    fn an_upstream_error_event_is_noticed() {
+        let mut t = SseTracker::new(false);
+        t.feed(Bytes::from_static(b"data: {\"error\":{\"message\":\"boom\"}}\n\n"), |_| {});
+        assert!(t.saw_error && !t.saw_done);
     }
 
     #[test]

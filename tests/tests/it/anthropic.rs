@@ -213,3 +213,16 @@ async fn a_claude_stream_cut_mid_way_ends_with_an_openai_error_event() {
     assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(evs.last().unwrap()["error"]["code"], "stream_interrupted");
 }
+
+#[tokio::test]
+async fn an_error_event_inside_a_claude_stream_reaches_the_client_once_in_openai_form() {
+    let claude = MockAnthropic::start().await;
+    let gw = gateway(&claude, "claude-stream-error", None).await;
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
+    let text = post(&gw, "/v1/chat/completions", &body).await.text().await.unwrap();
+    let evs = events(&text);
+    let errors: Vec<&Value> = evs.iter().filter(|e| e.get("error").is_some()).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert_eq!(errors[0]["error"]["message"], "Overloaded");
+    assert_eq!(evs.last().unwrap(), errors[0]);
+}

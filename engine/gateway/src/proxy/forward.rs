@@ -520,13 +520,19 @@ async fn deliver(
                     let sent = session.write_response_body(Some(out), false).await;
                     ctx.downstream_time += wrote.elapsed();
                     if sent.is_err() {
-                        break Err("the client went away".to_owned());
+                        break Err(StreamEnd::ClientGone);
                     }
                 }
             }
             Ok(None) if tracker.saw_done => break Ok(()),
-            Ok(None) => break Err("the upstream closed the stream before it was complete".to_owned()),
-            Err(f) => break Err(format!("the upstream stream failed: {}", f.reason)),
+            // The client already has the provider's error event: no second one.
+            Ok(None) if tracker.saw_error => break Err(StreamEnd::Reported),
+            Ok(None) => {
+                break Err(StreamEnd::Cut(
+                    "the upstream closed the stream before it was complete".to_owned(),
+                ));
+            }
+            Err(f) => break Err(StreamEnd::Cut(format!("the upstream stream failed: {}", f.reason))),
         }
     };
     ctx.core.usage = Some(tracker.usage.unwrap_or_else(|| Usage {
@@ -536,21 +542,43 @@ async fn deliver(
         ..Usage::default()
     }));
     let mut tail = BytesMut::from(&tracker.finish()[..]);
-    if let Err(reason) = &outcome {
-        log::warn!("request {}: {reason}", ctx.core.request_id);
-        ctx.error = Some(GatewayError::new(ErrorKind::BadGateway, reason.clone()));
-        if !tail.is_empty() && !tail.ends_with(b"\n\n") {
-            tail.extend_from_slice(b"\n\n");
+    match &outcome {
+        Ok(()) => {}
+        Err(StreamEnd::Reported) => {
+            ctx.error = Some(GatewayError::new(
+                ErrorKind::BadGateway,
+                "the upstream reported an error in the stream",
+            ));
         }
-        let event = serde_json::json!({"error": {"message": format!("Stream interrupted: {reason}."),
-            "type": "api_error", "param": null, "code": "stream_interrupted"}});
-        tail.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+        Err(StreamEnd::ClientGone) => {
+            ctx.error = Some(GatewayError::new(ErrorKind::BadGateway, "the client went away"));
+        }
+        Err(StreamEnd::Cut(reason)) => {
+            log::warn!("request {}: {reason}", ctx.core.request_id);
+            ctx.error = Some(GatewayError::new(ErrorKind::BadGateway, reason.clone()));
+            if !tail.is_empty() && !tail.ends_with(b"\n\n") {
+                tail.extend_from_slice(b"\n\n");
+            }
+            let event = serde_json::json!({"error": {"message": format!("Stream interrupted: {reason}."),
+                "type": "api_error", "param": null, "code": "stream_interrupted"}});
+            tail.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+        }
     }
     let wrote = Instant::now();
     let end = if tail.is_empty() { None } else { Some(tail.freeze()) };
     let _ = session.write_response_body(end, true).await;
     ctx.downstream_time += wrote.elapsed();
     Ok(())
+}
+
+/// How a stream that did not end with `[DONE]` ended.
+enum StreamEnd {
+    /// The upstream's own error event reached the client.
+    Reported,
+    /// The upstream stopped or failed: the client gets a `stream_interrupted` event.
+    Cut(String),
+    /// The client disconnected.
+    ClientGone,
 }
 
 /// Usage of a non-streamed answer: reported, or estimated from its text.

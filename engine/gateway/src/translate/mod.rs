@@ -47,3 +47,50 @@ impl StreamTranslation {
         out.freeze()
     }
 }
+
+/// Golden transcripts: recorded-shape provider streams in `tests/fixtures/*.sse`, translated and
+/// compared with the expected OpenAI streams next to them (`*.openai.sse`) — whole, and re-split at
+/// every byte boundary, which must not change a byte of the output. `SLUICE_BLESS=1` rewrites the
+/// expected files after a deliberate change; review their diff.
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn translate(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut t = StreamTranslation::anthropic(0);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&t.feed(c));
+        }
+        out
+    }
+
+    fn check(name: &str) {
+        let input = std::fs::read(format!("{FIXTURES}/{name}.sse")).unwrap();
+        let expected_path = format!("{FIXTURES}/{name}.openai.sse");
+        let whole = translate(&[&input]);
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            std::fs::write(&expected_path, &whole).unwrap();
+        }
+        let expected = std::fs::read(&expected_path).unwrap();
+        assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&expected), "{name}");
+        for cut in 1..input.len() {
+            let split = translate(&[&input[..cut], &input[cut..]]);
+            assert_eq!(split, expected, "{name} split at byte {cut}");
+        }
+        let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(translate(&bytewise), expected, "{name} fed one byte at a time");
+    }
+
+    #[test]
+    fn anthropic_text_then_parallel_tool_calls() {
+        check("anthropic_tools");
+    }
+
+    #[test]
+    fn anthropic_error_inside_a_stream() {
+        check("anthropic_error");
+    }
+}
