@@ -17,5 +17,6 @@
 
 pub mod anthropic;
 pub mod gateway;
+pub mod gemini;
 pub mod openai;
 pub mod tls;

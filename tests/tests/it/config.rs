@@ -25,6 +25,7 @@ fn every_file_in_conf_passes_check_config() {
             .env("LOCAL_LLM_KEY", "sk-example")
             .env("AZURE_OPENAI_API_KEY", "example")
             .env("ANTHROPIC_API_KEY", "example")
+            .env("GEMINI_API_KEY", "example")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));

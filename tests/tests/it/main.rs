@@ -12,6 +12,7 @@ mod api;
 mod azure;
 mod config;
 mod fallback;
+mod gemini;
 mod observability;
 mod shutdown;
 mod streaming;

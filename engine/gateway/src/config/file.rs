@@ -69,6 +69,7 @@ pub enum ProviderKind {
     OpenaiCompatible,
     AzureOpenai,
     Anthropic,
+    Gemini,
     Mock,
 }
 

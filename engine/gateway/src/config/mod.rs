@@ -123,7 +123,8 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
         ProviderKind::Openai
         | ProviderKind::OpenaiCompatible
         | ProviderKind::AzureOpenai
-        | ProviderKind::Anthropic => {
+        | ProviderKind::Anthropic
+        | ProviderKind::Gemini => {
             let Some(base) = &p.base_url else {
                 return Err("base_url: required for this kind of provider".into());
             };
@@ -180,6 +181,7 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                     version: p.anthropic_version.clone().unwrap_or_else(|| "2023-06-01".to_owned()),
                     default_max_tokens: p.default_max_tokens.unwrap_or(4096).max(1),
                 },
+                ProviderKind::Gemini => Dialect::Gemini,
                 _ => Dialect::OpenAi,
             };
             let probe = if p.health_check.enabled {
@@ -196,12 +198,17 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                             probe_headers.push(("x-api-key".into(), key.expose().to_owned()));
                             probe_headers.push(("anthropic-version".into(), version.clone()));
                         }
+                        Dialect::Gemini => {
+                            probe_headers.push(("x-goog-api-key".into(), key.expose().to_owned()))
+                        }
                     }
                 }
                 let every = duration(&p.health_check.interval, "health_check.interval")?;
                 let path = match (&p.health_check.path, &dialect) {
                     (Some(path), _) => path.clone(),
-                    (None, Dialect::OpenAi | Dialect::Anthropic { .. }) => "/models".to_owned(),
+                    (None, Dialect::OpenAi | Dialect::Anthropic { .. } | Dialect::Gemini) => {
+                        "/models".to_owned()
+                    }
                     (None, Dialect::Azure { api_version, .. }) => {
                         format!("/openai/models?api-version={api_version}")
                     }

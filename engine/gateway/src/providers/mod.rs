@@ -38,6 +38,16 @@ pub enum Dialect {
     /// Anthropic's Messages API, `{base}/messages`, `x-api-key` and `anthropic-version`; requests
     /// and answers are translated (`crate::translate`).
     Anthropic { version: String, default_max_tokens: u64 },
+    /// Google's Gemini API, `{base}/models/{model}:generateContent` (`:streamGenerateContent?alt=sse`
+    /// for streams), `x-goog-api-key`; translated like Anthropic.
+    Gemini,
+}
+
+impl Dialect {
+    /// Requests and answers go through `crate::translate` (the provider does not speak OpenAI).
+    pub fn translated(&self) -> bool {
+        matches!(self, Self::Anthropic { .. } | Self::Gemini)
+    }
 }
 
 /// An OpenAI-shaped HTTP provider: its endpoint pool, auth and extra headers.
@@ -68,6 +78,7 @@ impl Provider {
             ProviderKind::OpenaiCompatible => "openai_compatible",
             ProviderKind::AzureOpenai => "azure_openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
             ProviderKind::Mock => "mock",
         }
     }

@@ -18,6 +18,7 @@ pub fn header_for(
     info: &EndpointInfo,
     endpoint: Endpoint,
     upstream_model: &str,
+    stream: bool,
     body_len: usize,
     upstream: &HttpUpstream,
     request_id: &str,
@@ -35,6 +36,10 @@ pub fn header_for(
             )
         }
         Dialect::Anthropic { .. } => format!("{}/messages", info.base_path),
+        Dialect::Gemini if stream => {
+            format!("{}/models/{upstream_model}:streamGenerateContent?alt=sse", info.base_path)
+        }
+        Dialect::Gemini => format!("{}/models/{upstream_model}:generateContent", info.base_path),
     };
     let build = || -> pingora::Result<RequestHeader> {
         let mut h = RequestHeader::build("POST", full.as_bytes(), Some(8))?;
@@ -51,6 +56,7 @@ pub fn header_for(
                     h.insert_header("x-api-key", key.expose())?;
                     h.insert_header("anthropic-version", version.as_str())?;
                 }
+                Dialect::Gemini => h.insert_header("x-goog-api-key", key.expose())?,
             }
         }
         for (k, v) in &upstream.headers {

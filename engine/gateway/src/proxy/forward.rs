@@ -191,7 +191,7 @@ async fn attempt(
     // Translated streams and the mock always end with a usage chunk; OpenAI-shaped providers are
     // asked for one when configured to.
     let asks_usage = match &target.provider.transport {
-        Transport::Http(up) => up.stream_usage || matches!(up.dialect, Dialect::Anthropic { .. }),
+        Transport::Http(up) => up.stream_usage || up.dialect.translated(),
         Transport::Mock(_) => true,
     };
     let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
@@ -231,13 +231,15 @@ async fn attempt(
         }
     }
     let mut reply = result?;
+    let dialect = match &target.provider.transport {
+        Transport::Http(up) if up.dialect.translated() => Some(&up.dialect),
+        _ => None,
+    };
     // A JSON answer is read whole here, so that a body cut short can still fall over.
     if !is_sse(&reply) {
         let mut body = read_all(&mut reply.body).await?;
-        if let Transport::Http(HttpUpstream { dialect: Dialect::Anthropic { .. }, .. }) =
-            &target.provider.transport
-        {
-            body = from_anthropic(reply.status, &body)?;
+        if let Some(dialect) = dialect {
+            body = from_translated(dialect, reply.status, &body, &target.upstream_model)?;
             reply.content_type = Some("application/json".to_owned());
         }
         reply.body = ReplyBody::Chunks {
@@ -245,50 +247,72 @@ async fn attempt(
             pacing: Duration::ZERO,
             first: true,
         };
-    } else if let Transport::Http(HttpUpstream { dialect: Dialect::Anthropic { .. }, .. }) =
-        &target.provider.transport
-    {
-        reply.translate = Some(StreamTranslation::anthropic(unix_now()));
+    } else {
+        reply.translate = match dialect {
+            Some(Dialect::Anthropic { .. }) => Some(StreamTranslation::anthropic(unix_now())),
+            Some(Dialect::Gemini) => Some(StreamTranslation::gemini(unix_now(), &target.upstream_model)),
+            _ => None,
+        };
     }
     Ok((reply, hide_usage))
 }
 
 /// The body a provider receives: the client's OpenAI body as it now stands, or its translation.
 fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> Result<Bytes, GatewayError> {
-    match &up.dialect {
+    let translated = match &up.dialect {
         Dialect::OpenAi | Dialect::Azure { .. } => {
-            Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()))
+            return Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()));
         }
         Dialect::Anthropic { default_max_tokens, .. } => {
-            if request.endpoint != Endpoint::ChatCompletions {
-                return Err(GatewayError::invalid_request(format!(
-                    "Model `{}` is served by Anthropic, which has no {} endpoint.",
-                    request.model,
-                    request.endpoint.path()
-                ))
-                .with_param("model")
-                .with_code("unsupported_endpoint"));
-            }
-            let chat = translate::openai::chat_from_openai(&request.body, request.stream)?;
-            let body = translate::anthropic::request(&chat, upstream_model, *default_max_tokens);
-            Ok(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
+            let chat = translatable(request)?;
+            translate::anthropic::request(&chat, upstream_model, *default_max_tokens)?
         }
-    }
+        Dialect::Gemini => translate::gemini::request(&translatable(request)?),
+    };
+    Ok(Bytes::from(serde_json::to_vec(&translated).unwrap_or_default()))
 }
 
-/// An Anthropic JSON answer (or error) in OpenAI's shape. A 2xx that cannot be read is a broken
-/// answer, worth falling over for.
-fn from_anthropic(status: u16, body: &[u8]) -> Result<Bytes, Failure> {
+/// The canonical chat of a request bound for a translated provider (chat completions only).
+fn translatable(request: &Request) -> Result<translate::canonical::Chat, GatewayError> {
+    if request.endpoint != Endpoint::ChatCompletions {
+        return Err(GatewayError::invalid_request(format!(
+            "Model `{}` is served by a provider that has no {} endpoint here.",
+            request.model,
+            request.endpoint.path()
+        ))
+        .with_param("model")
+        .with_code("unsupported_endpoint"));
+    }
+    translate::openai::chat_from_openai(&request.body, request.stream)
+}
+
+/// A translated provider's JSON answer (or 4xx error) in OpenAI's shape. A 2xx that cannot be read
+/// is a broken answer, worth falling over for.
+fn from_translated(dialect: &Dialect, status: u16, body: &[u8], model: &str) -> Result<Bytes, Failure> {
     if (200..300).contains(&status) {
-        let answer = translate::anthropic::answer(body).map_err(|e| Failure::new(FailureKind::Broken, e))?;
+        let answer = match dialect {
+            Dialect::Gemini => translate::gemini::answer(body, model),
+            _ => translate::anthropic::answer(body),
+        }
+        .map_err(|e| Failure::new(FailureKind::Broken, e))?;
         let v = translate::openai::answer_to_openai(&answer, unix_now());
         return Ok(Bytes::from(v.to_string()));
     }
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let kind = parsed.pointer("/error/type").and_then(Value::as_str).unwrap_or("invalid_request_error");
+    // Anthropic says `error.type`, Google `error.status`; OpenAI's vocabulary is close to the former.
+    let kind = match parsed
+        .pointer("/error/type")
+        .or_else(|| parsed.pointer("/error/status"))
+        .and_then(Value::as_str)
+    {
+        Some("permission_error" | "PERMISSION_DENIED") => "permission_error",
+        Some("not_found_error" | "NOT_FOUND") => "not_found_error",
+        Some("rate_limit_error" | "RESOURCE_EXHAUSTED") => "rate_limit_error",
+        _ => "invalid_request_error",
+    };
     let e = serde_json::json!({"error": {
         "message": openai::error_message(body),
-        "type": if kind == "authentication_error" { "invalid_request_error" } else { kind },
+        "type": kind,
         "param": null,
         "code": null,
     }});
@@ -317,9 +341,16 @@ async fn http_attempt(
     for _ in 0..ENDPOINTS_PER_ATTEMPT {
         let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
         let peer = endpoints::peer(addr, &info, settings, up.ca.clone());
-        let header =
-            openai::header_for(&info, request.endpoint, upstream_model, body.len(), up, &ctx.core.request_id)
-                .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
+        let header = openai::header_for(
+            &info,
+            request.endpoint,
+            upstream_model,
+            request.stream,
+            body.len(),
+            up,
+            &ctx.core.request_id,
+        )
+        .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
         match fast_timeout(left, exchange(&connector, &peer, addr, header, body.clone())).await {
             Ok(Ok(session)) => return classify(session, peer, settings.idle_timeout, connector).await,
@@ -523,6 +554,24 @@ async fn deliver(
                         break Err(StreamEnd::ClientGone);
                     }
                 }
+            }
+            // A translated stream ends here: what the translation still holds (Gemini's end of
+            // answer) goes out before the stream is judged complete or cut.
+            Ok(None) if reply.translate.is_some() => {
+                let rest = reply.translate.take().map(|mut t| t.finish()).unwrap_or_default();
+                let out = tracker.feed(rest, |_| {});
+                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    break Err(StreamEnd::ClientGone);
+                }
+                if tracker.saw_done {
+                    break Ok(());
+                }
+                if tracker.saw_error {
+                    break Err(StreamEnd::Reported);
+                }
+                break Err(StreamEnd::Cut(
+                    "the upstream closed the stream before it was complete".to_owned(),
+                ));
             }
             Ok(None) if tracker.saw_done => break Ok(()),
             // The client already has the provider's error event: no second one.

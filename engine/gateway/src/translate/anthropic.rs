@@ -8,12 +8,19 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use sluice_core::Usage;
+use sluice_core::{GatewayError, Usage};
 
-use super::canonical::{Answer, Chat, Event, Finish, Image, Part, Role, ToolChoice};
+use super::canonical::{Answer, Chat, Event, Finish, Image, Part, ResponseFormat, Role, ToolChoice};
 
 /// The Messages API body for `chat`. Anthropic requires `max_tokens`: `default_max_tokens` fills in.
-pub fn request(chat: &Chat, model: &str, default_max_tokens: u64) -> Value {
+/// Anthropic has no JSON mode: a JSON `response_format` is a clear 400 rather than a silent ignore.
+pub fn request(chat: &Chat, model: &str, default_max_tokens: u64) -> Result<Value, GatewayError> {
+    if chat.response_format != ResponseFormat::Text {
+        return Err(super::openai::unsupported(
+            "response_format",
+            "JSON response formats are not supported by this model's provider (Anthropic)",
+        ));
+    }
     let messages: Vec<Value> = chat
         .turns
         .iter()
@@ -72,7 +79,7 @@ pub fn request(chat: &Chat, model: &str, default_max_tokens: u64) -> Value {
         Some(ToolChoice::Named(n)) => body["tool_choice"] = json!({"type": "tool", "name": n}),
         Some(ToolChoice::None) => body["tool_choice"] = json!({"type": "none"}),
     }
-    body
+    Ok(body)
 }
 
 fn block(part: &Part) -> Option<Value> {
@@ -269,8 +276,9 @@ mod tests {
             stop: vec!["END".into()],
             stream: true,
             user: Some("u1".into()),
+            response_format: ResponseFormat::Text,
         };
-        let v = request(&chat, "claude-x", 1024);
+        let v = request(&chat, "claude-x", 1024).unwrap();
         assert_eq!(v["max_tokens"], 1024);
         assert_eq!(v["system"], "be brief");
         assert_eq!(v["messages"][1]["content"][0]["input"]["a"], 1);

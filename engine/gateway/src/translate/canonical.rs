@@ -18,6 +18,17 @@ pub struct Chat {
     pub stop: Vec<String>,
     pub stream: bool,
     pub user: Option<String>,
+    pub response_format: ResponseFormat,
+}
+
+/// What shape the answer must take (OpenAI's `response_format`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this JSON Schema.
+    JsonSchema(Value),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

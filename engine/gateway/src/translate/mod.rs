@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod canonical;
+pub mod gemini;
 pub mod openai;
 
 use bytes::{Bytes, BytesMut};
@@ -17,16 +18,31 @@ use crate::sse::{SseSplitter, data_of};
 #[derive(Debug)]
 pub struct StreamTranslation {
     splitter: SseSplitter,
-    reader: anthropic::StreamReader,
+    reader: Reader,
     writer: openai::ChunkWriter,
     events: Vec<canonical::Event>,
 }
 
+#[derive(Debug)]
+enum Reader {
+    Anthropic(anthropic::StreamReader),
+    /// Gemini's chunks may omit the model: the target's model name fills in.
+    Gemini(gemini::StreamReader, String),
+}
+
 impl StreamTranslation {
     pub fn anthropic(created: u64) -> Self {
+        Self::new(Reader::Anthropic(anthropic::StreamReader::default()), created)
+    }
+
+    pub fn gemini(created: u64, model: &str) -> Self {
+        Self::new(Reader::Gemini(gemini::StreamReader::default(), model.to_owned()), created)
+    }
+
+    fn new(reader: Reader, created: u64) -> Self {
         Self {
             splitter: SseSplitter::default(),
-            reader: anthropic::StreamReader::default(),
+            reader,
             writer: openai::ChunkWriter::new(created),
             events: Vec::new(),
         }
@@ -40,11 +56,37 @@ impl StreamTranslation {
                 reader.read(data, events);
             }
         });
+        self.write()
+    }
+
+    /// The upstream stream ended cleanly: translate what is left (a last event without its blank
+    /// line, and for Gemini the end of the answer).
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.splitter.rest();
+        if let Some(data) = data_of(&rest) {
+            self.reader.read(data, &mut self.events);
+        }
+        if let Reader::Gemini(r, _) = &mut self.reader {
+            r.finish(&mut self.events);
+        }
+        self.write()
+    }
+
+    fn write(&mut self) -> Bytes {
         let mut out = BytesMut::new();
         for e in self.events.drain(..) {
             self.writer.write(&e, &mut out);
         }
         out.freeze()
+    }
+}
+
+impl Reader {
+    fn read(&mut self, data: &[u8], out: &mut Vec<canonical::Event>) {
+        match self {
+            Reader::Anthropic(r) => r.read(data, out),
+            Reader::Gemini(r, model) => r.read(data, model, out),
+        }
     }
 }
 

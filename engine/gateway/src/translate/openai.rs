@@ -4,7 +4,9 @@ use bytes::BytesMut;
 use serde_json::{Map, Value, json};
 use sluice_core::{GatewayError, Usage};
 
-use super::canonical::{Answer, Chat, Event, Finish, Image, Part, Role, Tool, ToolChoice, Turn};
+use super::canonical::{
+    Answer, Chat, Event, Finish, Image, Part, ResponseFormat, Role, Tool, ToolChoice, Turn,
+};
 
 /// Reads an OpenAI chat body (already validated by `Request::parse`) into the canonical model.
 /// Fails with a 400 naming the field when the body asks for something the canonical model (and so a
@@ -13,15 +15,20 @@ pub fn chat_from_openai(body: &Map<String, Value>, stream: bool) -> Result<Chat,
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(unsupported("n", "`n` above 1 is not supported by this model's provider"));
     }
-    match body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
-        None | Some("text") => {}
+    let format = body.get("response_format");
+    let response_format = match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
+        None | Some("text") => ResponseFormat::Text,
+        Some("json_object") => ResponseFormat::JsonObject,
+        Some("json_schema") => ResponseFormat::JsonSchema(
+            format.and_then(|f| f.pointer("/json_schema/schema")).cloned().unwrap_or_else(|| json!({})),
+        ),
         Some(kind) => {
             return Err(unsupported(
-                "response_format",
-                &format!("response_format `{kind}` is not supported by this model's provider"),
+                "response_format.type",
+                &format!("response_format `{kind}` is not supported"),
             ));
         }
-    }
+    };
     let mut chat = Chat {
         system: Vec::new(),
         turns: Vec::new(),
@@ -40,6 +47,7 @@ pub fn chat_from_openai(body: &Map<String, Value>, stream: bool) -> Result<Chat,
         },
         stream,
         user: body.get("user").and_then(Value::as_str).map(str::to_owned),
+        response_format,
     };
     let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, m) in messages.iter().enumerate() {
@@ -174,7 +182,7 @@ fn str_at(v: &Value, pointer: &str) -> String {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("").to_owned()
 }
 
-fn unsupported(param: &str, message: &str) -> GatewayError {
+pub fn unsupported(param: &str, message: &str) -> GatewayError {
     GatewayError::invalid_request(format!("{message}.")).with_param(param).with_code("unsupported_parameter")
 }
 
@@ -321,13 +329,13 @@ mod tests {
     fn what_cannot_be_translated_is_a_clear_400() {
         let e = chat_from_openai(&body(json!({"model": "m", "messages": [], "n": 2})), false).unwrap_err();
         assert_eq!((e.status(), e.param.as_deref()), (400, Some("n")));
-        let e = chat_from_openai(
+        let chat = chat_from_openai(
             &body(json!({"model": "m", "messages": [],
-            "response_format": {"type": "json_schema"}})),
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}})),
             false,
         )
-        .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("response_format"));
+        .unwrap();
+        assert_eq!(chat.response_format, ResponseFormat::JsonSchema(json!({"type": "object"})));
     }
 
     #[test]
