@@ -100,30 +100,35 @@ mod golden {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-    fn translate(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut t = StreamTranslation::anthropic(0);
+    fn translate(name: &str, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut t = if name.starts_with("gemini") {
+            StreamTranslation::gemini(0, "gemini-model")
+        } else {
+            StreamTranslation::anthropic(0)
+        };
         let mut out = Vec::new();
         for c in chunks {
             out.extend_from_slice(&t.feed(c));
         }
+        out.extend_from_slice(&t.finish());
         out
     }
 
     fn check(name: &str) {
         let input = std::fs::read(format!("{FIXTURES}/{name}.sse")).unwrap();
         let expected_path = format!("{FIXTURES}/{name}.openai.sse");
-        let whole = translate(&[&input]);
+        let whole = translate(name, &[&input]);
         if std::env::var_os("SLUICE_BLESS").is_some() {
             std::fs::write(&expected_path, &whole).unwrap();
         }
         let expected = std::fs::read(&expected_path).unwrap();
         assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&expected), "{name}");
         for cut in 1..input.len() {
-            let split = translate(&[&input[..cut], &input[cut..]]);
+            let split = translate(name, &[&input[..cut], &input[cut..]]);
             assert_eq!(split, expected, "{name} split at byte {cut}");
         }
         let bytewise: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(translate(&bytewise), expected, "{name} fed one byte at a time");
+        assert_eq!(translate(name, &bytewise), expected, "{name} fed one byte at a time");
     }
 
     #[test]
@@ -134,5 +139,10 @@ mod golden {
     #[test]
     fn anthropic_error_inside_a_stream() {
         check("anthropic_error");
+    }
+
+    #[test]
+    fn gemini_text_then_a_function_call() {
+        check("gemini_text_and_call");
     }
 }

@@ -265,6 +265,7 @@ impl ChunkWriter {
                 self.usage.prompt_tokens = self.usage.prompt_tokens.max(u.prompt_tokens);
                 self.usage.completion_tokens = self.usage.completion_tokens.max(u.completion_tokens);
                 self.usage.cached_tokens = self.usage.cached_tokens.max(u.cached_tokens);
+                self.usage.reasoning_tokens = self.usage.reasoning_tokens.max(u.reasoning_tokens);
             }
             Event::Error { message } => {
                 let e = json!({"error": {"message": message, "type": "api_error", "param": null,
