@@ -10,6 +10,7 @@
 //! | `no-usage`            | never sends usage, even when asked                              |
 //! | `paced`               | streams 20 chunks, 25 ms apart                                  |
 //! | `bad-request`         | 400 with an OpenAI error body (the client's fault)              |
+//! | `tools`               | two parallel tool calls (`weather`, `time`), streamed by index  |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -197,6 +198,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
         ));
     }
+    if model == "tools" {
+        return Ok(tool_answer(&model, stream, with_usage));
+    }
     let text = format!("echo from {model} ({} bytes received)", body.len());
     if !stream {
         let mut answer = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
@@ -251,6 +255,58 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .body(body)
         .expect("response");
     Ok(response)
+}
+
+/// Two parallel tool calls, whole or streamed the way OpenAI streams them (id and name first, then
+/// argument fragments, by index).
+fn tool_answer(model: &str, stream: bool, with_usage: bool) -> Response<Body> {
+    let calls = [("call_a", "weather", "{\"city\":\"Oslo\"}"), ("call_b", "time", "{\"tz\":\"CET\"}")];
+    if !stream {
+        let tool_calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+            .collect();
+        return json_response(
+            200,
+            json!({"id": "chatcmpl-tools", "object": "chat.completion", "created": 1,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": tool_calls}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({"id": "chatcmpl-tools", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    let mut body = chunk(json!({"role": "assistant", "content": null}), Value::Null);
+    for (i, (id, name, _)) in calls.iter().enumerate() {
+        body.push_str(&chunk(
+            json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+    }
+    for (i, (_, _, args)) in calls.iter().enumerate() {
+        let (a, b) = args.split_at(args.len() / 2);
+        for part in [a, b] {
+            body.push_str(&chunk(
+                json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    body.push_str(&chunk(json!({}), json!("tool_calls")));
+    if with_usage {
+        let v = json!({"id": "chatcmpl-tools", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}});
+        body.push_str(&format!("data: {v}\n\n"));
+    }
+    body.push_str("data: [DONE]\n\n");
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .expect("response")
 }
 
 fn json_response(status: u16, v: Value) -> Response<Body> {

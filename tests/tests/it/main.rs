@@ -11,6 +11,7 @@ mod anthropic;
 mod api;
 mod azure;
 mod config;
+mod conformance;
 mod fallback;
 mod gemini;
 mod observability;

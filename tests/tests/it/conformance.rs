@@ -1,0 +1,194 @@
+//! The same scenarios against every provider: whatever serves a model alias, the client sees
+//! OpenAI's shapes — answers, streams, tool calls — and a failing provider falls over.
+
+use serde_json::{Value, json};
+use sluice_tests::anthropic::MockAnthropic;
+use sluice_tests::gateway::TestGateway;
+use sluice_tests::gemini::MockGemini;
+use sluice_tests::openai::MockOpenAi;
+
+use crate::{BIN, KEY, post};
+
+/// A provider under test: its mock (kept alive), its config table and the upstream model names
+/// that make the mock answer, call tools, or fail with a 5xx.
+struct Subject {
+    _mock: Box<dyn std::any::Any + Send>,
+    provider: String,
+    ok: &'static str,
+    tools: &'static str,
+    fail: &'static str,
+}
+
+const KEY_FILE: &str = "api_key = \"file:{dir}/provider.key\"\nhealth_check = { enabled = false }\n";
+
+async fn openai() -> Subject {
+    let m = MockOpenAi::start().await;
+    let provider = format!("kind = \"openai\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
+    Subject { _mock: Box::new(m), provider, ok: "ok", tools: "tools", fail: "fail-500" }
+}
+
+async fn azure() -> Subject {
+    let m = MockOpenAi::start().await;
+    let base = m.url().trim_end_matches("/v1").to_owned();
+    let provider =
+        format!("kind = \"azure_openai\"\nbase_url = \"{base}\"\napi_version = \"2024-10-21\"\n{KEY_FILE}");
+    Subject { _mock: Box::new(m), provider, ok: "ok", tools: "tools", fail: "fail-500" }
+}
+
+async fn anthropic() -> Subject {
+    let m = MockAnthropic::start().await;
+    let provider = format!("kind = \"anthropic\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
+    Subject { _mock: Box::new(m), provider, ok: "claude-x", tools: "claude-tools", fail: "claude-overloaded" }
+}
+
+async fn gemini() -> Subject {
+    let m = MockGemini::start().await;
+    let provider = format!("kind = \"gemini\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
+    Subject { _mock: Box::new(m), provider, ok: "gemini-x", tools: "gemini-tools", fail: "gemini-busy" }
+}
+
+/// Aliases `ok`, `tools` and `fail` on the subject; `fail` falls over to an OpenAI backup.
+async fn gateway(s: &Subject, backup: &MockOpenAi) -> TestGateway {
+    let text = format!(
+        "[[keys.key]]\nid = \"test\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n\
+         [providers.subject]\n{}\n\
+         [providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\n{KEY_FILE}\n\
+         [models.ok]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n\
+         [models.tools]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n\
+         [models.fail]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}, {{ provider = \"backup\", model = \"ok\" }}]\n",
+        s.provider,
+        backup.url(),
+        s.ok,
+        s.tools,
+        s.fail
+    );
+    TestGateway::start(BIN, &text).await
+}
+
+fn chat(model: &str, stream: bool, usage: bool) -> Value {
+    let mut b = json!({"model": model, "messages": [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"}]});
+    if stream {
+        b["stream"] = json!(true);
+        b["stream_options"] = json!({"include_usage": usage});
+    }
+    if model == "tools" {
+        b["tools"] = json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}},
+                            {"type": "function", "function": {"name": "time", "parameters": {"type": "object"}}}]);
+    }
+    b
+}
+
+fn events(text: &str) -> Vec<Value> {
+    assert!(text.ends_with("data: [DONE]\n\n"), "a stream ends with [DONE]: {text}");
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
+        .collect()
+}
+
+async fn plain_chat(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let r = post(&gw, "/v1/chat/completions", &chat("ok", false, false)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+async fn streaming(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let evs =
+        events(&post(&gw, "/v1/chat/completions", &chat("ok", true, false)).await.text().await.unwrap());
+    assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(evs.iter().all(|e| e["object"] == "chat.completion.chunk"));
+    let text: String = evs.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!text.is_empty());
+    assert_eq!(evs.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(!evs.iter().any(|e| e["choices"] == json!([])), "no usage chunk unless asked");
+
+    let evs = events(&post(&gw, "/v1/chat/completions", &chat("ok", true, true)).await.text().await.unwrap());
+    let usage = evs.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+async fn tool_calls(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let v: Value =
+        post(&gw, "/v1/chat/completions", &chat("tools", false, false)).await.json().await.unwrap();
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().expect("tool calls");
+    let names: Vec<&str> = calls.iter().map(|c| c["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["weather", "time"]);
+    for c in calls {
+        assert_eq!(c["type"], "function");
+        assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()));
+        let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args.is_object());
+    }
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    let evs =
+        events(&post(&gw, "/v1/chat/completions", &chat("tools", true, false)).await.text().await.unwrap());
+    let mut args = [String::new(), String::new()];
+    let mut names = [String::new(), String::new()];
+    for e in &evs {
+        for c in e["choices"][0]["delta"]["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if let Some(n) = c["function"]["name"].as_str() {
+                names[i] = n.to_owned();
+            }
+            args[i].push_str(c["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(names, ["weather", "time"]);
+    for a in &args {
+        assert!(serde_json::from_str::<Value>(a).unwrap().is_object(), "{a}");
+    }
+    assert_eq!(evs.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+}
+
+async fn falls_over(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let r = post(&gw, "/v1/chat/completions", &chat("fail", false, false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sluice-target"], "backup/ok");
+    assert_eq!(r.headers()["x-sluice-attempts"], "2");
+    assert_eq!(backup.hits(), 1);
+}
+
+macro_rules! conformance {
+    ($($provider:ident),* $(,)?) => {$(
+        mod $provider {
+            #[tokio::test]
+            async fn a_plain_chat_answers_in_openai_shape() {
+                super::plain_chat(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_stream_is_openai_chunks_with_usage_only_when_asked() {
+                super::streaming(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn parallel_tool_calls_come_back_as_openai_tool_calls() {
+                super::tool_calls(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_failing_provider_falls_over_to_the_next_target() {
+                super::falls_over(super::$provider().await).await;
+            }
+        }
+    )*};
+}
+
+conformance!(openai, azure, anthropic, gemini);
