@@ -10,6 +10,8 @@
 //! | `gemini-bad`     | HTTP 400 `INVALID_ARGUMENT`                                   |
 //! | `gemini-cut`     | one chunk without a finish reason, then the stream ends       |
 //!
+//! `:batchEmbedContents` answers one vector per request, `outputDimensionality` long (default 4).
+//!
 //! A request without `x-goog-api-key` gets Google's 403.
 
 use std::convert::Infallible;
@@ -111,6 +113,23 @@ async fn handle(
     let Some(rest) = path.strip_prefix("/v1beta/models/") else {
         return Ok(error(404, "NOT_FOUND", "not found"));
     };
+    if let Some((_, "batchEmbedContents")) = rest.split_once(':') {
+        let request: Value =
+            serde_json::from_slice(&requests.lock().expect("requests").last().expect("recorded").body)
+                .unwrap_or(Value::Null);
+        let embeddings: Vec<Value> = request["requests"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let dims = r["outputDimensionality"].as_u64().unwrap_or(4);
+                json!({"values": (0..dims).map(|d| (i as f64) + (d as f64) / 4.0).collect::<Vec<_>>()})
+            })
+            .collect();
+        return Ok(respond(200, "application/json", json!({"embeddings": embeddings}).to_string()));
+    }
     let (model, stream) = match rest.split_once(':') {
         Some((m, "generateContent")) => (m.to_owned(), false),
         Some((m, "streamGenerateContent")) => (m.to_owned(), true),

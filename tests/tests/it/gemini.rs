@@ -139,3 +139,34 @@ async fn a_gemini_stream_ending_without_a_finish_reason_is_reported_as_interrupt
     assert_eq!(evs[1]["choices"][0]["delta"]["content"], "Ciao");
     assert_eq!(evs.last().unwrap()["error"]["code"], "stream_interrupted");
 }
+
+#[tokio::test]
+async fn embeddings_go_through_batch_embed_contents_as_floats_or_base64() {
+    let gemini = MockGemini::start().await;
+    let gw = gateway(&gemini, "text-embedding-004", None).await;
+    let r = post(&gw, "/v1/embeddings", &json!({"model": "m", "input": ["a", "b"], "dimensions": 2})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][1]["embedding"], json!([1.0, 1.25]));
+    assert_eq!(v["data"][1]["index"], 1);
+    let seen = &gemini.requests()[0];
+    assert_eq!(seen.path, "/v1beta/models/text-embedding-004:batchEmbedContents");
+    assert_eq!(seen.json()["requests"][0]["outputDimensionality"], 2);
+
+    let r = post(
+        &gw,
+        "/v1/embeddings",
+        &json!({"model": "m", "input": "a", "encoding_format": "base64", "dimensions": 2}),
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    // [0.0, 0.25] as little-endian f32.
+    assert_eq!(v["data"][0]["embedding"], "AAAAAAAAgD4=");
+    let lines = crate::access_lines_matching(&gw, 2, |l| l["path"] == "/v1/embeddings").await;
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines.iter().all(|l| l["usage_estimated"] == true),
+        "Gemini reports no usage: ours is an estimate"
+    );
+}

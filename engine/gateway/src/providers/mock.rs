@@ -43,6 +43,7 @@ impl Mock {
                         content_type: Some("text/event-stream".into()),
                         body: ReplyBody::Chunks { chunks, pacing: self.pacing, first: true },
                         translate: None,
+                        usage_estimated: false,
                     }
                 } else if chat {
                     json_reply(json!({"id": format!("chatcmpl-{id}"), "object": "chat.completion",
@@ -198,6 +199,7 @@ fn json_reply(v: Value) -> UpstreamReply {
         content_type: Some("application/json".into()),
         body: ReplyBody::Chunks { chunks, pacing: Duration::ZERO, first: true },
         translate: None,
+        usage_estimated: false,
     }
 }
 

@@ -92,6 +92,8 @@ pub struct UpstreamReply {
     pub body: ReplyBody,
     /// Set when the provider's stream must be translated to OpenAI chunks on the way.
     pub translate: Option<crate::translate::StreamTranslation>,
+    /// The `usage` in the body is our estimate (the provider reported none).
+    pub usage_estimated: bool,
 }
 
 pub enum ReplyBody {

@@ -36,6 +36,9 @@ pub fn header_for(
             )
         }
         Dialect::Anthropic { .. } => format!("{}/messages", info.base_path),
+        Dialect::Gemini if endpoint == Endpoint::Embeddings => {
+            format!("{}/models/{upstream_model}:batchEmbedContents", info.base_path)
+        }
         Dialect::Gemini if stream => {
             format!("{}/models/{upstream_model}:streamGenerateContent?alt=sse", info.base_path)
         }

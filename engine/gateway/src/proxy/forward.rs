@@ -239,8 +239,9 @@ async fn attempt(
     if !is_sse(&reply) {
         let mut body = read_all(&mut reply.body).await?;
         if let Some(dialect) = dialect {
-            body = from_translated(dialect, reply.status, &body, &target.upstream_model)?;
+            body = from_translated(dialect, reply.status, &body, request, &target.upstream_model)?;
             reply.content_type = Some("application/json".to_owned());
+            reply.usage_estimated = request.endpoint == Endpoint::Embeddings;
         }
         reply.body = ReplyBody::Chunks {
             chunks: std::iter::once(body).collect(),
@@ -267,6 +268,9 @@ fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> 
             let chat = translatable(request)?;
             translate::anthropic::request(&chat, upstream_model, *default_max_tokens)?
         }
+        Dialect::Gemini if request.endpoint == Endpoint::Embeddings => {
+            translate::gemini::embed_request(&request.body, upstream_model)?
+        }
         Dialect::Gemini => translate::gemini::request(&translatable(request)?),
     };
     Ok(Bytes::from(serde_json::to_vec(&translated).unwrap_or_default()))
@@ -288,7 +292,19 @@ fn translatable(request: &Request) -> Result<translate::canonical::Chat, Gateway
 
 /// A translated provider's JSON answer (or 4xx error) in OpenAI's shape. A 2xx that cannot be read
 /// is a broken answer, worth falling over for.
-fn from_translated(dialect: &Dialect, status: u16, body: &[u8], model: &str) -> Result<Bytes, Failure> {
+fn from_translated(
+    dialect: &Dialect,
+    status: u16,
+    body: &[u8],
+    request: &Request,
+    model: &str,
+) -> Result<Bytes, Failure> {
+    if (200..300).contains(&status) && request.endpoint == Endpoint::Embeddings {
+        let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let v = translate::gemini::embed_answer(body, model, base64, request.estimated_prompt_tokens())
+            .map_err(|e| Failure::new(FailureKind::Broken, e))?;
+        return Ok(Bytes::from(v.to_string()));
+    }
     if (200..300).contains(&status) {
         let answer = match dialect {
             Dialect::Gemini => translate::gemini::answer(body, model),
@@ -434,7 +450,7 @@ async fn classify(
         }
         return Err(f);
     }
-    Ok(UpstreamReply { status, content_type, body, translate: None })
+    Ok(UpstreamReply { status, content_type, body, translate: None, usage_estimated: false })
 }
 
 fn is_sse(reply: &UpstreamReply) -> bool {
@@ -512,7 +528,9 @@ async fn deliver(
             .await
             .map_err(|f| GatewayError::new(ErrorKind::BadGateway, f.reason))?;
         if (200..300).contains(&reply.status) {
-            ctx.core.usage = Some(json_usage(&body, request));
+            let mut usage = json_usage(&body, request);
+            usage.estimated |= reply.usage_estimated;
+            ctx.core.usage = Some(usage);
             for plugin in &gw.plugins {
                 plugin.on_response_event(&mut ctx.core, &body);
             }

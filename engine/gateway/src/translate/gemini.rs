@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use sluice_core::Usage;
+use sluice_core::{GatewayError, Usage};
 
 use super::canonical::{Answer, Chat, Event, Finish, Image, Part, ResponseFormat, Role, ToolChoice};
 
@@ -269,6 +269,66 @@ impl StreamReader {
     }
 }
 
+/// The `batchEmbedContents` body for an OpenAI embeddings request (`input` a string or strings;
+/// `dimensions` becomes `outputDimensionality`). Token-array inputs cannot be translated: a 400.
+pub fn embed_request(body: &serde_json::Map<String, Value>, model: &str) -> Result<Value, GatewayError> {
+    let inputs: Vec<&str> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).collect()
+        }
+        _ => {
+            return Err(super::openai::unsupported(
+                "input",
+                "only text inputs (a string or an array of strings) can be embedded by this model's provider",
+            ));
+        }
+    };
+    let dimensions = body.get("dimensions").and_then(Value::as_u64);
+    let requests: Vec<Value> = inputs
+        .iter()
+        .map(|text| {
+            let mut r = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
+            if let Some(d) = dimensions {
+                r["outputDimensionality"] = json!(d);
+            }
+            r
+        })
+        .collect();
+    Ok(json!({"requests": requests}))
+}
+
+/// A `batchEmbedContents` answer in OpenAI's embeddings shape, floats or base64 (little-endian
+/// f32, as OpenAI encodes them) per `encoding_format`. Gemini reports no usage: `usage` is our
+/// estimate, returned separately so records can say so.
+pub fn embed_answer(body: &[u8], model: &str, base64: bool, prompt_tokens: u64) -> Result<Value, String> {
+    use base64::Engine as _;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the provider's answer is not JSON: {e}"))?;
+    let embeddings =
+        v.get("embeddings").and_then(Value::as_array).ok_or("the provider's answer has no embeddings")?;
+    let data: Vec<Value> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let values: Vec<f64> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            let embedding = if base64 {
+                let bytes: Vec<u8> = values.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(values)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +393,23 @@ mod tests {
         assert_eq!((a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.reasoning_tokens), (8, 10, 6));
         assert_eq!(finish("SAFETY"), Finish::ContentFilter);
         assert_eq!(finish("MAX_TOKENS"), Finish::Length);
+    }
+
+    #[test]
+    fn embeddings_go_as_a_batch_and_come_back_as_floats_or_base64() {
+        let body = json!({"model": "m", "input": ["a", "b"], "dimensions": 3});
+        let r = embed_request(body.as_object().unwrap(), "text-embedding-004").unwrap();
+        assert_eq!(r["requests"][1]["content"]["parts"][0]["text"], "b");
+        assert_eq!(r["requests"][0]["model"], "models/text-embedding-004");
+        assert_eq!(r["requests"][0]["outputDimensionality"], 3);
+        let tokens = json!({"model": "m", "input": [[1, 2, 3]]});
+        assert_eq!(embed_request(tokens.as_object().unwrap(), "x").unwrap_err().status(), 400);
+        let answer = br#"{"embeddings":[{"values":[0.5,-1.0]},{"values":[0.25,2.0]}]}"#;
+        let v = embed_answer(answer, "m", false, 2).unwrap();
+        assert_eq!(v["data"][1]["embedding"], json!([0.25, 2.0]));
+        let v = embed_answer(answer, "m", true, 2).unwrap();
+        // 0.5f32 = 00 00 00 3f, -1.0f32 = 00 00 80 bf (little-endian).
+        assert_eq!(v["data"][0]["embedding"], "AAAAPwAAgL8=");
     }
 
     #[test]
