@@ -13,20 +13,15 @@
 //!
 //! A request without `x-api-key`, `anthropic-version` or `max_tokens` gets Anthropic's own 401/400.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::Response;
 use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-use crate::openai::Recorded;
+use crate::server::{Body, MockServer, Recorded, event_stream};
 
 #[derive(Default)]
 struct State {
@@ -34,36 +29,16 @@ struct State {
 }
 
 pub struct MockAnthropic {
-    pub addr: SocketAddr,
+    pub addr: std::net::SocketAddr,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MockAnthropic {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: MockServer,
 }
 
 impl MockAnthropic {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-        let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(State::default());
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, state, task }
+        let server = MockServer::start(state.clone(), handle).await;
+        Self { addr: server.addr, state, _server: server }
     }
 
     /// Base URL as a provider's `base_url` (Anthropic's API lives under `/v1`).
@@ -80,15 +55,8 @@ impl MockAnthropic {
     }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
 fn json_response(status: u16, v: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("request-id", "req_mock")
-        .body(Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed())
-        .expect("response")
+    crate::server::json(status, &v)
 }
 
 fn error(status: u16, kind: &str, message: &str) -> Response<Body> {
@@ -99,44 +67,31 @@ fn sse(name: &str, data: Value) -> Result<Frame<Bytes>, std::io::Error> {
     Ok(Frame::data(Bytes::from(format!("event: {name}\ndata: {data}\n\n"))))
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let headers: Vec<(String, String)> =
-        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let has = |name: &str| headers.iter().any(|(k, _)| k == name);
-    if method == "GET" && path == "/v1/models" {
-        return Ok(json_response(
-            200,
-            json!({"data": [{"type": "model", "id": "claude-x"}], "has_more": false}),
-        ));
+async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Body> {
+    let seen = Recorded::read(req).await;
+    if seen.method == "GET" && seen.path == "/v1/models" {
+        return json_response(200, json!({"data": [{"type": "model", "id": "claude-x"}], "has_more": false}));
     }
-    state.requests.lock().expect("requests").push(Recorded {
-        method,
-        path: path.clone(),
-        query,
-        headers: headers.clone(),
-        body: body.clone(),
-    });
+    state.requests.lock().expect("requests").push(seen.clone());
+    let has = |name: &str| seen.header(name).is_some();
+    let (path, body) = (seen.path.clone(), seen.body.clone());
     if path != "/v1/messages" {
-        return Ok(error(404, "not_found_error", "Not found"));
+        return error(404, "not_found_error", "Not found");
     }
     if !has("x-api-key") {
-        return Ok(error(401, "authentication_error", "x-api-key header is required"));
+        return error(401, "authentication_error", "x-api-key header is required");
     }
     if !has("anthropic-version") {
-        return Ok(error(400, "invalid_request_error", "anthropic-version: header is required"));
+        return error(400, "invalid_request_error", "anthropic-version: header is required");
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if request.get("max_tokens").and_then(Value::as_u64).is_none() {
-        return Ok(error(400, "invalid_request_error", "max_tokens: Field required"));
+        return error(400, "invalid_request_error", "max_tokens: Field required");
     }
     let model = request["model"].as_str().unwrap_or("").to_owned();
     match model.as_str() {
-        "claude-overloaded" => return Ok(error(529, "overloaded_error", "Overloaded")),
-        "claude-bad" => return Ok(error(400, "invalid_request_error", "messages: roles must alternate")),
+        "claude-overloaded" => return error(529, "overloaded_error", "Overloaded"),
+        "claude-bad" => return error(400, "invalid_request_error", "messages: roles must alternate"),
         _ => {}
     }
     let usage = json!({"input_tokens": 21, "output_tokens": 9, "cache_read_input_tokens": 4,
@@ -153,13 +108,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         } else {
             json!([{"type": "text", "text": "Hello from Claude."}])
         };
-        return Ok(json_response(
+        return json_response(
             200,
             json!({"id": "msg_01", "type": "message", "role": "assistant",
             "model": model, "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage}),
-        ));
+        );
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
+    let (tx, response) = event_stream();
     tokio::spawn(async move {
         let _ = tx
             .send(sse("message_start", json!({"type": "message_start", "message": {"id": "msg_01", "type": "message",
@@ -236,12 +191,5 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             .await;
         let _ = tx.send(sse("message_stop", json!({"type": "message_stop"}))).await;
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .header("cache-control", "no-cache")
-        .body(BodyExt::boxed(StreamBody::new(stream)))
-        .expect("response"))
+    response
 }

@@ -19,4 +19,5 @@ pub mod anthropic;
 pub mod gateway;
 pub mod gemini;
 pub mod openai;
+pub mod server;
 pub mod tls;

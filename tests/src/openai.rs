@@ -12,47 +12,23 @@
 //! | `bad-request`         | 400 with an OpenAI error body (the client's fault)              |
 //! | `tools`               | two parallel tool calls (`weather`, `time`), streamed by index  |
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::Response;
 use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-/// One request as the mock received it.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    /// The query string, without `?` (empty when none).
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
+pub use crate::server::Recorded;
+use crate::server::{Body, MockServer, event_stream, full};
 
 #[derive(Default)]
 struct State {
     /// Inference requests (everything but health probes).
     hits: AtomicUsize,
     probes: AtomicUsize,
-    connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     last_probe: Mutex<Option<Recorded>>,
     /// A behaviour forced on every request, overriding the model name.
@@ -60,37 +36,16 @@ struct State {
 }
 
 pub struct MockOpenAi {
-    pub addr: SocketAddr,
+    pub addr: std::net::SocketAddr,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MockOpenAi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    server: MockServer,
 }
 
 impl MockOpenAi {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-        let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(State::default());
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, state, task }
+        let server = MockServer::start(state.clone(), handle).await;
+        Self { addr: server.addr, state, server }
     }
 
     /// Base URL as a provider's `base_url`.
@@ -105,7 +60,7 @@ impl MockOpenAi {
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
+        self.server.connections()
     }
 
     pub fn probes(&self) -> usize {
@@ -136,32 +91,16 @@ pub fn refused_url() -> String {
     format!("http://{addr}/v1")
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let headers =
-        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    if method == "GET" && path.ends_with("/models") {
+async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Body> {
+    let seen = Recorded::read(req).await;
+    if seen.method == "GET" && seen.path.ends_with("/models") {
         state.probes.fetch_add(1, Ordering::SeqCst);
-        *state.last_probe.lock().expect("probe") =
-            Some(Recorded { method, path, query, headers, body: Bytes::new() });
-        return Ok(json_response(
-            200,
-            json!({"object": "list", "data": [{"id": "mock", "object": "model"}]}),
-        ));
+        *state.last_probe.lock().expect("probe") = Some(seen);
+        return json_response(200, json!({"object": "list", "data": [{"id": "mock", "object": "model"}]}));
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
-    state.requests.lock().expect("requests").push(Recorded {
-        method,
-        path: path.clone(),
-        query,
-        headers,
-        body: body.clone(),
-    });
+    state.requests.lock().expect("requests").push(seen.clone());
+    let (path, body) = (seen.path, seen.body);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let forced = state.forced.lock().expect("forced").clone();
     let model = forced.unwrap_or_else(|| request["model"].as_str().unwrap_or("").to_owned());
@@ -170,19 +109,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         request["stream_options"]["include_usage"].as_bool().unwrap_or(false) && model != "no-usage";
     match model.as_str() {
         "fail-500" => {
-            return Ok(error_response(
+            return error_response(
                 500,
                 "The server had an error while processing your request.",
                 "server_error",
-            ));
+            );
         }
         "bad-request" => {
-            return Ok(error_response(400, "Invalid value for 'temperature'.", "invalid_request_error"));
+            return error_response(400, "Invalid value for 'temperature'.", "invalid_request_error");
         }
         "rate-429" => {
             let mut r = error_response(429, "Rate limit reached for requests", "rate_limit_exceeded");
             r.headers_mut().insert("retry-after", "2".parse().expect("header"));
-            return Ok(r);
+            return r;
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         _ => {}
@@ -192,14 +131,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         let data: Vec<Value> = (0..n)
             .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}))
             .collect();
-        return Ok(json_response(
+        return json_response(
             200,
             json!({"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
-        ));
+        );
     }
     if model == "tools" {
-        return Ok(tool_answer(&model, stream, with_usage));
+        return tool_answer(&model, stream, with_usage);
     }
     let text = format!("echo from {model} ({} bytes received)", body.len());
     if !stream {
@@ -208,14 +147,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         if model != "no-usage" {
             answer["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
         }
-        return Ok(json_response(200, answer));
+        return json_response(200, answer);
     }
     let pieces: Vec<String> = if model == "paced" {
         (0..20).map(|i| format!("w{i} ")).collect()
     } else {
         text.split(' ').map(|w| format!("{w} ")).collect()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
+    let (tx, response) = event_stream();
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Value| {
             let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
@@ -246,15 +185,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         }
         let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let body = BodyExt::boxed(StreamBody::new(stream));
-    let response = Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream")
-        .body(body)
-        .expect("response");
-    Ok(response)
+    response
 }
 
 /// Two parallel tool calls, whole or streamed the way OpenAI streams them (id and name first, then
@@ -302,19 +233,11 @@ fn tool_answer(model: &str, stream: bool, with_usage: bool) -> Response<Body> {
         body.push_str(&format!("data: {v}\n\n"));
     }
     body.push_str("data: [DONE]\n\n");
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream")
-        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
-        .expect("response")
+    full(200, "text/event-stream", body)
 }
 
 fn json_response(status: u16, v: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed())
-        .expect("response")
+    crate::server::json(status, &v)
 }
 
 fn error_response(status: u16, message: &str, code: &str) -> Response<Body> {

@@ -6,35 +6,13 @@ use sluice_tests::anthropic::MockAnthropic;
 use sluice_tests::gateway::{PROVIDER_KEY, TestGateway};
 use sluice_tests::openai::MockOpenAi;
 
-use crate::{BIN, KEY, openai_error, post};
+use crate::sse_events as events;
+use crate::{openai_error, post};
 
 /// Alias `m` → the Anthropic mock's `model`, then (when given) the OpenAI mock.
-async fn gateway(claude: &MockAnthropic, model: &str, fallback: Option<&MockOpenAi>) -> TestGateway {
-    let mut text = format!(
-        "[[keys.key]]\nid = \"test\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n\
-         [providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
-         default_max_tokens = 512\nhealth_check = {{ enabled = false }}\n",
-        claude.url()
-    );
-    let mut targets = format!("{{ provider = \"claude\", model = \"{model}\" }}");
-    if let Some(openai) = fallback {
-        text.push_str(&format!(
-            "[providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
-             health_check = {{ enabled = false }}\n",
-            openai.url()
-        ));
-        targets.push_str(", { provider = \"openai\", model = \"gpt-fallback\" }");
-    }
-    text.push_str(&format!("[models.m]\ntargets = [{targets}]\n"));
-    TestGateway::start(BIN, &text).await
-}
-
-fn events(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
-        .collect()
+async fn gateway(mock: &MockAnthropic, model: &str, backup: Option<&MockOpenAi>) -> TestGateway {
+    let table = format!("kind = \"anthropic\"\nbase_url = \"{}\"\ndefault_max_tokens = 512\n", mock.url());
+    crate::subject_gateway(&table, model, backup).await
 }
 
 #[tokio::test]
@@ -46,7 +24,7 @@ async fn a_chat_is_translated_to_the_messages_api_and_back() {
         {"role": "user", "content": "Hello"}], "temperature": 0.4, "stop": ["END"], "user": "u-7"});
     let r = post(&gw, "/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-sluice-target"], "claude/claude-x");
+    assert_eq!(r.headers()["x-sluice-target"], "subject/claude-x");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["id"], "chatcmpl-msg_01");
@@ -179,7 +157,7 @@ async fn an_overloaded_claude_falls_over_to_openai_and_the_client_never_notices(
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-sluice-target"], "openai/gpt-fallback");
+    assert_eq!(r.headers()["x-sluice-target"], "backup/gpt-fallback");
     assert_eq!(r.headers()["x-sluice-attempts"], "2");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");

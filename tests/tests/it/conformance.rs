@@ -81,11 +81,7 @@ fn chat(model: &str, stream: bool, usage: bool) -> Value {
 
 fn events(text: &str) -> Vec<Value> {
     assert!(text.ends_with("data: [DONE]\n\n"), "a stream ends with [DONE]: {text}");
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
-        .collect()
+    crate::sse_events(text)
 }
 
 async fn plain_chat(s: Subject) {

@@ -5,34 +5,12 @@ use sluice_tests::gateway::{PROVIDER_KEY, TestGateway};
 use sluice_tests::gemini::MockGemini;
 use sluice_tests::openai::MockOpenAi;
 
-use crate::{BIN, KEY, openai_error, post};
+use crate::sse_events as events;
+use crate::{openai_error, post};
 
-async fn gateway(gemini: &MockGemini, model: &str, fallback: Option<&MockOpenAi>) -> TestGateway {
-    let mut text = format!(
-        "[[keys.key]]\nid = \"test\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n\
-         [providers.google]\nkind = \"gemini\"\nbase_url = \"{}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
-         health_check = {{ enabled = false }}\n",
-        gemini.url()
-    );
-    let mut targets = format!("{{ provider = \"google\", model = \"{model}\" }}");
-    if let Some(openai) = fallback {
-        text.push_str(&format!(
-            "[providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
-             health_check = {{ enabled = false }}\n",
-            openai.url()
-        ));
-        targets.push_str(", { provider = \"openai\", model = \"gpt-fallback\" }");
-    }
-    text.push_str(&format!("[models.m]\ntargets = [{targets}]\n"));
-    TestGateway::start(BIN, &text).await
-}
-
-fn events(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
-        .collect()
+async fn gateway(mock: &MockGemini, model: &str, backup: Option<&MockOpenAi>) -> TestGateway {
+    let table = format!("kind = \"gemini\"\nbase_url = \"{}\"\n", mock.url());
+    crate::subject_gateway(&table, model, backup).await
 }
 
 #[tokio::test]
@@ -116,7 +94,7 @@ async fn an_unavailable_gemini_falls_over_and_a_bad_request_is_an_openai_400() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-sluice-target"], "openai/gpt-fallback");
+    assert_eq!(r.headers()["x-sluice-target"], "backup/gpt-fallback");
 
     let gw = gateway(&gemini, "gemini-bad", None).await;
     let r = post(

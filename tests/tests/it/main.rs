@@ -75,6 +75,35 @@ pub async fn openai_error(resp: reqwest::Response, status: u16) -> Value {
     e
 }
 
+/// The JSON payloads of an SSE body, `[DONE]` left out.
+pub fn sse_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
+        .collect()
+}
+
+/// A gateway whose alias `m` goes to `model` on the provider `[providers.subject]` described by
+/// `table` (kind, base_url, ...), then, when given, to an OpenAI `backup`.
+pub async fn subject_gateway(table: &str, model: &str, backup: Option<&MockOpenAi>) -> TestGateway {
+    let mut text = format!(
+        "[[keys.key]]\nid = \"test\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n\
+         [providers.subject]\n{table}\napi_key = \"file:{{dir}}/provider.key\"\nhealth_check = {{ enabled = false }}\n"
+    );
+    let mut targets = format!("{{ provider = \"subject\", model = \"{model}\" }}");
+    if let Some(openai) = backup {
+        text.push_str(&format!(
+            "[providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"file:{{dir}}/provider.key\"\n\
+             health_check = {{ enabled = false }}\n",
+            openai.url()
+        ));
+        targets.push_str(", { provider = \"backup\", model = \"gpt-fallback\" }");
+    }
+    text.push_str(&format!("[models.m]\ntargets = [{targets}]\n"));
+    TestGateway::start(BIN, &text).await
+}
+
 /// The access-log lines as JSON.
 pub fn access_lines(gw: &TestGateway) -> Vec<Value> {
     gw.access_log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()

@@ -247,42 +247,23 @@ impl StreamReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::canonical::{Tool, Turn};
+    use crate::translate::canonical::sample_chat;
 
     #[test]
     fn request_carries_system_tools_and_required_max_tokens() {
         let chat = Chat {
-            system: vec!["be brief".into()],
-            turns: vec![
-                Turn { role: Role::User, parts: vec![Part::Text("hi".into())] },
-                Turn {
-                    role: Role::Assistant,
-                    parts: vec![Part::ToolCall {
-                        id: "t1".into(),
-                        name: "f".into(),
-                        arguments: "{\"a\":1}".into(),
-                    }],
-                },
-                Turn {
-                    role: Role::User,
-                    parts: vec![Part::ToolResult { call_id: "t1".into(), content: "ok".into() }],
-                },
-            ],
-            tools: vec![Tool { name: "f".into(), description: None, parameters: json!({"type": "object"}) }],
             tool_choice: Some(ToolChoice::Required),
-            max_tokens: None,
             temperature: Some(1.0),
-            top_p: None,
             stop: vec!["END".into()],
             stream: true,
             user: Some("u1".into()),
-            response_format: ResponseFormat::Text,
+            ..sample_chat()
         };
         let v = request(&chat, "claude-x", 1024).unwrap();
         assert_eq!(v["max_tokens"], 1024);
         assert_eq!(v["system"], "be brief");
         assert_eq!(v["messages"][1]["content"][0]["input"]["a"], 1);
-        assert_eq!(v["messages"][2]["content"][0]["tool_use_id"], "t1");
+        assert_eq!(v["messages"][2]["content"][0]["tool_use_id"], "c1");
         assert_eq!(v["tools"][0]["input_schema"]["type"], "object");
         assert_eq!(v["tool_choice"]["type"], "any");
         assert_eq!(v["temperature"], 0.5);

@@ -128,3 +128,40 @@ pub enum Event {
     /// The provider said the answer is complete.
     End,
 }
+
+/// A chat every translator's tests start from: a system prompt, a user turn, an assistant tool call
+/// `c1` to `w` with `{"a":1}`, its result `cold`, and the tool `w`.
+#[cfg(test)]
+pub fn sample_chat() -> Chat {
+    Chat {
+        system: vec!["be brief".into()],
+        turns: vec![
+            Turn { role: Role::User, parts: vec![Part::Text("hi".into())] },
+            Turn {
+                role: Role::Assistant,
+                parts: vec![Part::ToolCall {
+                    id: "c1".into(),
+                    name: "w".into(),
+                    arguments: "{\"a\":1}".into(),
+                }],
+            },
+            Turn {
+                role: Role::User,
+                parts: vec![Part::ToolResult { call_id: "c1".into(), content: "cold".into() }],
+            },
+        ],
+        tools: vec![Tool {
+            name: "w".into(),
+            description: Some("weather".into()),
+            parameters: serde_json::json!({"type": "object"}),
+        }],
+        tool_choice: None,
+        max_tokens: None,
+        temperature: None,
+        top_p: None,
+        stop: vec![],
+        stream: false,
+        user: None,
+        response_format: ResponseFormat::Text,
+    }
+}

@@ -332,40 +332,16 @@ pub fn embed_answer(body: &[u8], model: &str, base64: bool, prompt_tokens: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::canonical::{Tool, Turn};
+    use crate::translate::canonical::sample_chat;
 
     #[test]
     fn request_uses_system_instruction_model_role_and_function_names() {
         let chat = Chat {
-            system: vec!["be brief".into()],
-            turns: vec![
-                Turn { role: Role::User, parts: vec![Part::Text("hi".into())] },
-                Turn {
-                    role: Role::Assistant,
-                    parts: vec![Part::ToolCall {
-                        id: "c1".into(),
-                        name: "w".into(),
-                        arguments: "{\"a\":1}".into(),
-                    }],
-                },
-                Turn {
-                    role: Role::User,
-                    parts: vec![Part::ToolResult { call_id: "c1".into(), content: "cold".into() }],
-                },
-            ],
-            tools: vec![Tool {
-                name: "w".into(),
-                description: Some("weather".into()),
-                parameters: json!({"type": "object"}),
-            }],
             tool_choice: Some(ToolChoice::Named("w".into())),
             max_tokens: Some(50),
             temperature: Some(0.3),
-            top_p: None,
-            stop: vec![],
-            stream: false,
-            user: None,
             response_format: ResponseFormat::JsonObject,
+            ..sample_chat()
         };
         let v = request(&chat);
         assert_eq!(v["systemInstruction"]["parts"][0]["text"], "be brief");
