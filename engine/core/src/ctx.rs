@@ -15,6 +15,8 @@ use crate::usage::Usage;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
+    /// Anthropic's Messages API (`POST /v1/messages`), for clients on Anthropic's SDK.
+    Messages,
     Completions,
     Embeddings,
     Models,
@@ -25,6 +27,7 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Self::ChatCompletions => "/chat/completions",
+            Self::Messages => "/messages",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
             Self::Models => "/models",

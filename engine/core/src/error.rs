@@ -65,6 +65,20 @@ impl ErrorKind {
         }
     }
 
+    /// Anthropic's `error.type` for this class (answers on `/v1/messages`).
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest | Self::MethodNotAllowed => "invalid_request_error",
+            Self::Authentication => "authentication_error",
+            Self::PermissionDenied => "permission_error",
+            Self::NotFound => "not_found_error",
+            Self::PayloadTooLarge => "request_too_large",
+            Self::RateLimited => "rate_limit_error",
+            Self::Unavailable => "overloaded_error",
+            Self::BadGateway | Self::GatewayTimeout | Self::Internal => "api_error",
+        }
+    }
+
     /// The label this class carries in metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
@@ -140,6 +154,16 @@ impl GatewayError {
             }
         });
         body.to_string().into_bytes()
+    }
+}
+
+impl GatewayError {
+    /// Anthropic's error body, for clients of `/v1/messages`:
+    /// `{"type":"error","error":{"type","message"}}`.
+    pub fn to_anthropic_json(&self) -> Vec<u8> {
+        serde_json::json!({"type": "error", "error": {"type": self.kind.anthropic_type(), "message": self.message}})
+            .to_string()
+            .into_bytes()
     }
 }
 

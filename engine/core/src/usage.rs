@@ -41,6 +41,17 @@ impl Usage {
     }
 }
 
+impl Usage {
+    /// Reads Anthropic's `usage` object. In streams it comes in two halves (`message_start` has the
+    /// input, `message_delta` the output), so absent counts are `None`.
+    pub fn from_anthropic(v: &serde_json::Value) -> (Option<u64>, Option<u64>, u64) {
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        let cached = n("cache_read_input_tokens").unwrap_or(0);
+        let input = n("input_tokens").map(|i| i + cached + n("cache_creation_input_tokens").unwrap_or(0));
+        (input, n("output_tokens"), cached)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

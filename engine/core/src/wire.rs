@@ -78,31 +78,42 @@ impl Request {
         };
         match endpoint {
             Endpoint::ChatCompletions => check_messages(&body)?,
+            Endpoint::Messages => {
+                check_messages(&body)?;
+                // Anthropic requires max_tokens; say so the way Anthropic does.
+                if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+                    return Err(GatewayError::invalid_request("max_tokens: Field required")
+                        .with_param("max_tokens")
+                        .with_code("missing_required_parameter"));
+                }
+            }
             Endpoint::Completions => check_text_input(&body, "prompt")?,
             Endpoint::Embeddings => check_text_input(&body, "input")?,
             Endpoint::Models => {}
         }
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
-        let wants_stream_usage = match body.get("stream_options") {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(o)) => {
-                if !stream {
-                    return Err(GatewayError::invalid_request(
-                        "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                    )
-                    .with_param("stream_options")
-                    .with_code("invalid_value"));
-                }
-                match o.get("include_usage") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(b)) => *b,
-                    Some(other) => {
-                        return Err(invalid_type("stream_options.include_usage", "a boolean", other));
+        // Anthropic streams always carry usage; only OpenAI clients opt in.
+        let wants_stream_usage = endpoint == Endpoint::Messages
+            || match body.get("stream_options") {
+                None | Some(Value::Null) => false,
+                Some(Value::Object(o)) => {
+                    if !stream {
+                        return Err(GatewayError::invalid_request(
+                            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                        )
+                        .with_param("stream_options")
+                        .with_code("invalid_value"));
+                    }
+                    match o.get("include_usage") {
+                        None | Some(Value::Null) => false,
+                        Some(Value::Bool(b)) => *b,
+                        Some(other) => {
+                            return Err(invalid_type("stream_options.include_usage", "a boolean", other));
+                        }
                     }
                 }
-            }
-            Some(other) => return Err(invalid_type("stream_options", "an object", other)),
-        };
+                Some(other) => return Err(invalid_type("stream_options", "an object", other)),
+            };
         let max_output_tokens = match optional_count(&body, "max_completion_tokens")? {
             Some(n) => Some(n),
             None => optional_count(&body, "max_tokens")?,
@@ -130,7 +141,7 @@ impl Request {
                 }
             }
         }
-        for field in ["prompt", "input"] {
+        for field in ["prompt", "input", "system"] {
             n += self.body.get(field).map_or(0, text_chars);
         }
         n

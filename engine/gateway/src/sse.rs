@@ -79,8 +79,13 @@ impl SseTracker {
             self.saw_done = true;
             return false;
         }
-        if data.starts_with(b"{\"error\"") {
+        if data.starts_with(b"{\"error\"") || data.starts_with(b"{\"type\":\"error\"") {
             self.saw_error = true;
+            return false;
+        }
+        // Anthropic's stream (passed through on /v1/messages) ends with message_stop.
+        if data.starts_with(b"{\"type\":\"message_stop\"") {
+            self.saw_done = true;
             return false;
         }
         self.content_chars += string_chars_after(data, b"\"content\":\"");
@@ -89,8 +94,20 @@ impl SseTracker {
             return false;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
-        if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
+        let usage = v.get("usage").or_else(|| v.pointer("/message/usage"));
+        if let Some(u) = usage.and_then(Usage::from_openai) {
             self.usage = Some(u);
+        } else if let Some(u) = usage {
+            // Anthropic: input in message_start, output in message_delta.
+            let (input, output, cached) = Usage::from_anthropic(u);
+            let acc = self.usage.get_or_insert_with(Usage::default);
+            if let Some(i) = input {
+                acc.prompt_tokens = i;
+                acc.cached_tokens = cached;
+            }
+            if let Some(o) = output {
+                acc.completion_tokens = o;
+            }
         }
         let usage_only = v.get("choices").and_then(|c| c.as_array()).is_some_and(Vec::is_empty);
         self.hide_usage && usage_only

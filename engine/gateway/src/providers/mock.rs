@@ -58,7 +58,8 @@ impl Mock {
                         "usage": usage}))
                 }
             }
-            Endpoint::Models => json_reply(json!({"object": "list", "data": []})),
+            // Messages requests reach the mock already translated to chat completions.
+            Endpoint::Models | Endpoint::Messages => json_reply(json!({"object": "list", "data": []})),
         }
     }
 }

@@ -213,6 +213,9 @@ async fn attempt(
     }
     let result = match (outcome, &target.provider.transport) {
         (Err(f), _) => Err(f),
+        (Ok(()), Transport::Mock(_)) if request.endpoint == Endpoint::Messages => {
+            Err(Failure::rejected(messages_unsupported(request)))
+        }
         (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
         (Ok(()), Transport::Http(up)) => match upstream_body(request, &target.upstream_model, up) {
             Ok(body) => http_attempt(ctx, request, &target.upstream_model, up, body, failed_addrs).await,
@@ -232,7 +235,7 @@ async fn attempt(
     }
     let mut reply = result?;
     let dialect = match &target.provider.transport {
-        Transport::Http(up) if up.dialect.translated() => Some(&up.dialect),
+        Transport::Http(up) if translated(request, &up.dialect) => Some(&up.dialect),
         _ => None,
     };
     // A JSON answer is read whole here, so that a body cut short can still fall over.
@@ -260,6 +263,9 @@ async fn attempt(
 
 /// The body a provider receives: the client's OpenAI body as it now stands, or its translation.
 fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> Result<Bytes, GatewayError> {
+    if !translated(request, &up.dialect) {
+        return Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()));
+    }
     let translated = match &up.dialect {
         Dialect::OpenAi | Dialect::Azure { .. } => {
             return Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()));
@@ -274,6 +280,24 @@ fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> 
         Dialect::Gemini => translate::gemini::request(&translatable(request)?),
     };
     Ok(Bytes::from(serde_json::to_vec(&translated).unwrap_or_default()))
+}
+
+fn messages_unsupported(request: &Request) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "Model `{}` is not served by an Anthropic provider; /v1/messages reaches Anthropic targets only.",
+        request.model
+    ))
+    .with_param("model")
+    .with_code("unsupported_endpoint")
+}
+
+/// Whether this request to this provider goes through translation (else its body and the answer
+/// pass as they are: OpenAI to OpenAI-shaped providers, Anthropic to Anthropic).
+fn translated(request: &Request, dialect: &Dialect) -> bool {
+    match request.endpoint {
+        Endpoint::Messages => !matches!(dialect, Dialect::Anthropic { .. }),
+        _ => dialect.translated(),
+    }
 }
 
 /// The canonical chat of a request bound for a translated provider (chat completions only).
@@ -626,9 +650,16 @@ async fn deliver(
             if !tail.is_empty() && !tail.ends_with(b"\n\n") {
                 tail.extend_from_slice(b"\n\n");
             }
-            let event = serde_json::json!({"error": {"message": format!("Stream interrupted: {reason}."),
-                "type": "api_error", "param": null, "code": "stream_interrupted"}});
-            tail.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+            let message = format!("Stream interrupted: {reason}.");
+            if request.endpoint == Endpoint::Messages {
+                let event =
+                    serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
+                tail.extend_from_slice(format!("event: error\ndata: {event}\n\n").as_bytes());
+            } else {
+                let event = serde_json::json!({"error": {"message": message, "type": "api_error", "param": null,
+                    "code": "stream_interrupted"}});
+                tail.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+            }
         }
     }
     let wrote = Instant::now();
@@ -651,8 +682,17 @@ enum StreamEnd {
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    if let Some(u) = parsed.as_ref().and_then(|v| v.get("usage")).and_then(Usage::from_openai) {
+    let reported = parsed.as_ref().and_then(|v| v.get("usage"));
+    if let Some(u) = reported.and_then(Usage::from_openai) {
         return u;
+    }
+    if let Some((Some(input), Some(output), cached)) = reported.map(Usage::from_anthropic) {
+        return Usage {
+            prompt_tokens: input,
+            completion_tokens: output,
+            cached_tokens: cached,
+            ..Usage::default()
+        };
     }
     let chars: usize = parsed
         .as_ref()

@@ -24,6 +24,7 @@ pub fn route(method: &str, path: &str) -> RouteKind {
         "/v1/models" => ("GET", RouteKind::Api(Endpoint::Models)),
         "/v1/chat/completions" => ("POST", RouteKind::Api(Endpoint::ChatCompletions)),
         "/v1/completions" => ("POST", RouteKind::Api(Endpoint::Completions)),
+        "/v1/messages" => ("POST", RouteKind::Api(Endpoint::Messages)),
         "/v1/embeddings" => ("POST", RouteKind::Api(Endpoint::Embeddings)),
         _ => return RouteKind::Unknown,
     };

@@ -154,6 +154,7 @@ impl Gateway {
             RouteKind::Metrics => "/metrics",
             RouteKind::Api(e) => match e {
                 Endpoint::ChatCompletions => "/v1/chat/completions",
+                Endpoint::Messages => "/v1/messages",
                 Endpoint::Completions => "/v1/completions",
                 Endpoint::Embeddings => "/v1/embeddings",
                 Endpoint::Models => "/v1/models",

@@ -60,5 +60,11 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> pi
         h.insert_header("allow", allow)?;
     }
     ctx.error = Some(e.clone());
-    full(session, ctx, h, Bytes::from(e.to_json())).await
+    // Clients of the Anthropic-compatible endpoint get Anthropic's error shape.
+    let body = if ctx.core.endpoint == Some(sluice_core::ctx::Endpoint::Messages) {
+        e.to_anthropic_json()
+    } else {
+        e.to_json()
+    };
+    full(session, ctx, h, Bytes::from(body)).await
 }
