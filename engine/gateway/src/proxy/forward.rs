@@ -26,7 +26,7 @@ use crate::providers::{Dialect, HttpUpstream, ReplyBody, Transport, UpstreamRepl
 use crate::routing::Target;
 use crate::routing::endpoints;
 use crate::sse::SseTracker;
-use crate::translate::{self, StreamTranslation};
+use crate::translate::{self, StreamTranslation, ToAnthropic};
 
 /// Largest non-streamed upstream answer we buffer.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -99,6 +99,9 @@ pub async fn forward(
     let mut attempted_kinds: Vec<FailureKind> = Vec::new();
     let mut retry_after: Option<Duration> = None;
     let mut failed_addrs: Vec<SocketAddr> = Vec::new();
+    // An Anthropic client's request, in OpenAI's form, for targets that are not Anthropic (built on
+    // first need; the answer goes back to Anthropic's form in `deliver`).
+    let mut as_openai: Option<Request> = None;
     for target in route.plan() {
         if ctx.core.attempts >= gw.settings.max_attempts {
             break;
@@ -120,8 +123,17 @@ pub async fn forward(
             upstream_model: target.upstream_model.clone(),
             region: target.region.clone(),
         });
+        let via_openai = request.endpoint == Endpoint::Messages
+            && !matches!(&target.provider.transport, Transport::Http(up) if matches!(up.dialect, Dialect::Anthropic { .. }));
+        if via_openai && as_openai.is_none() {
+            as_openai = Some(messages_as_openai(&request)?);
+        }
+        let (sent, client) = match as_openai.as_mut() {
+            Some(converted) if via_openai => (converted, ClientFormat::Anthropic),
+            _ => (&mut request, ClientFormat::Native),
+        };
         let started = Instant::now();
-        let outcome = attempt(gw, ctx, &mut request, &target, &mut failed_addrs).await;
+        let outcome = attempt(gw, ctx, sent, &target, &mut failed_addrs).await;
         ctx.upstream_time += started.elapsed();
         match outcome {
             Ok((reply, hide_usage)) => {
@@ -129,7 +141,7 @@ pub async fn forward(
                 gw.metrics.observe_ttfb(&target.name, started.elapsed());
                 gw.metrics.attempts.with_label_values(&[target.name.as_str(), "ok"]).inc();
                 target.circuit.record_success();
-                return deliver(gw, session, ctx, &request, reply, hide_usage).await;
+                return deliver(gw, session, ctx, sent, reply, hide_usage, client).await;
             }
             Err(Failure { rejection: Some(e), .. }) => return Err(*e),
             Err(f) => {
@@ -213,9 +225,6 @@ async fn attempt(
     }
     let result = match (outcome, &target.provider.transport) {
         (Err(f), _) => Err(f),
-        (Ok(()), Transport::Mock(_)) if request.endpoint == Endpoint::Messages => {
-            Err(Failure::rejected(messages_unsupported(request)))
-        }
         (Ok(()), Transport::Mock(mock)) => Ok(mock.reply(request, &target.upstream_model)),
         (Ok(()), Transport::Http(up)) => match upstream_body(request, &target.upstream_model, up) {
             Ok(body) => http_attempt(ctx, request, &target.upstream_model, up, body, failed_addrs).await,
@@ -282,13 +291,21 @@ fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> 
     Ok(Bytes::from(serde_json::to_vec(&translated).unwrap_or_default()))
 }
 
-fn messages_unsupported(request: &Request) -> GatewayError {
-    GatewayError::invalid_request(format!(
-        "Model `{}` is not served by an Anthropic provider; /v1/messages reaches Anthropic targets only.",
-        request.model
-    ))
-    .with_param("model")
-    .with_code("unsupported_endpoint")
+/// The form answers take on their way to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFormat {
+    /// As the target's answer already is (OpenAI's, or Anthropic's passed through).
+    Native,
+    /// OpenAI's answer turned into Anthropic's, for `/v1/messages` clients.
+    Anthropic,
+}
+
+/// An Anthropic Messages request as the OpenAI chat request an OpenAI-shaped target receives.
+fn messages_as_openai(request: &Request) -> Result<Request, GatewayError> {
+    let chat = translate::anthropic::chat_from_anthropic(&request.body)?;
+    let body = translate::openai::request_from_chat(&chat, &request.model);
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Request::parse(Endpoint::ChatCompletions, &mut bytes)
 }
 
 /// Whether this request to this provider goes through translation (else its body and the answer
@@ -545,8 +562,9 @@ async fn deliver(
     request: &Request,
     mut reply: UpstreamReply,
     hide_usage: bool,
+    client: ClientFormat,
 ) -> Result<(), GatewayError> {
-    let content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
+    let mut content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
     if !is_sse(&reply) {
         let body = read_all(&mut reply.body)
             .await
@@ -559,6 +577,13 @@ async fn deliver(
                 plugin.on_response_event(&mut ctx.core, &body);
             }
         }
+        let body = match client {
+            ClientFormat::Native => body,
+            ClientFormat::Anthropic => {
+                content_type = "application/json".to_owned();
+                translate::answer_for_anthropic(reply.status, &body)
+            }
+        };
         let h = respond::header(ctx, reply.status, &content_type).map_err(write_error)?;
         return respond::full(session, ctx, h, body).await.map_err(write_error);
     }
@@ -571,6 +596,11 @@ async fn deliver(
     ctx.downstream_time += started.elapsed();
 
     let mut tracker = SseTracker::new(hide_usage);
+    let mut to_anthropic = (client == ClientFormat::Anthropic).then(ToAnthropic::default);
+    let mut outward = |b: Bytes| match to_anthropic.as_mut() {
+        Some(t) => t.feed(&b),
+        None => b,
+    };
     let outcome = loop {
         let waited = Instant::now();
         let next = reply.body.next().await;
@@ -588,6 +618,7 @@ async fn deliver(
                         p.on_response_event(core, event);
                     }
                 });
+                let out = outward(out);
                 if !out.is_empty() {
                     let wrote = Instant::now();
                     let sent = session.write_response_body(Some(out), false).await;
@@ -601,7 +632,7 @@ async fn deliver(
             // answer) goes out before the stream is judged complete or cut.
             Ok(None) if reply.translate.is_some() => {
                 let rest = reply.translate.take().map(|mut t| t.finish()).unwrap_or_default();
-                let out = tracker.feed(rest, |_| {});
+                let out = outward(tracker.feed(rest, |_| {}));
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
                 }
@@ -663,7 +694,8 @@ async fn deliver(
         }
     }
     let wrote = Instant::now();
-    let end = if tail.is_empty() { None } else { Some(tail.freeze()) };
+    let tail = outward(tail.freeze());
+    let end = if tail.is_empty() { None } else { Some(tail) };
     let _ = session.write_response_body(end, true).await;
     ctx.downstream_time += wrote.elapsed();
     Ok(())

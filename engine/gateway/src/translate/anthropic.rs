@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use sluice_core::{GatewayError, Usage};
 
-use super::canonical::{Answer, Chat, Event, Finish, Image, Part, ResponseFormat, Role, ToolChoice};
+use super::canonical::{
+    Answer, Chat, Event, Finish, Image, Part, ResponseFormat, Role, Tool, ToolChoice, Turn,
+};
 
 /// The Messages API body for `chat`. Anthropic requires `max_tokens`: `default_max_tokens` fills in.
 /// Anthropic has no JSON mode: a JSON `response_format` is a clear 400 rather than a silent ignore.
@@ -244,6 +246,229 @@ impl StreamReader {
     }
 }
 
+// ---- The other direction: Anthropic clients (`/v1/messages`) in front of other providers. ----
+
+/// Reads an Anthropic Messages body (validated by `Request::parse`) into the canonical model.
+pub fn chat_from_anthropic(body: &serde_json::Map<String, Value>) -> Result<Chat, GatewayError> {
+    let text_of = |v: &Value| -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    };
+    let mut turns = Vec::new();
+    for (i, m) in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            other => {
+                return Err(GatewayError::invalid_request(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant', not {other:?}"
+                ))
+                .with_param(format!("messages[{i}].role")));
+            }
+        };
+        let parts = match m.get("content") {
+            Some(Value::String(s)) => vec![Part::Text(s.clone())],
+            Some(Value::Array(blocks)) => blocks
+                .iter()
+                .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+                    Some("text") => Some(Part::Text(b["text"].as_str().unwrap_or("").to_owned())),
+                    Some("image") => {
+                        let src = &b["source"];
+                        Some(Part::Image(match src["type"].as_str() {
+                            Some("url") => Image::Url(src["url"].as_str().unwrap_or("").to_owned()),
+                            _ => Image::Base64 {
+                                media_type: src["media_type"].as_str().unwrap_or("image/png").to_owned(),
+                                data: src["data"].as_str().unwrap_or("").to_owned(),
+                            },
+                        }))
+                    }
+                    Some("tool_use") => Some(Part::ToolCall {
+                        id: b["id"].as_str().unwrap_or("").to_owned(),
+                        name: b["name"].as_str().unwrap_or("").to_owned(),
+                        arguments: b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                    }),
+                    Some("tool_result") => Some(Part::ToolResult {
+                        call_id: b["tool_use_id"].as_str().unwrap_or("").to_owned(),
+                        content: b.get("content").map(&text_of).unwrap_or_default(),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        turns.push(Turn { role, parts });
+    }
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| Tool {
+            name: t["name"].as_str().unwrap_or("").to_owned(),
+            description: t.get("description").and_then(Value::as_str).map(str::to_owned),
+            parameters: t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+        })
+        .collect();
+    let tool_choice = body.get("tool_choice").and_then(|c| match c["type"].as_str() {
+        Some("auto") => Some(ToolChoice::Auto),
+        Some("any") => Some(ToolChoice::Required),
+        Some("none") => Some(ToolChoice::None),
+        Some("tool") => Some(ToolChoice::Named(c["name"].as_str().unwrap_or("").to_owned())),
+        _ => None,
+    });
+    Ok(Chat {
+        system: body.get("system").map(text_of).filter(|s| !s.is_empty()).into_iter().collect(),
+        turns,
+        tools,
+        tool_choice,
+        max_tokens: body.get("max_tokens").and_then(Value::as_u64),
+        // Anthropic's range is 0–1, the canonical (OpenAI's) 0–2.
+        temperature: body.get("temperature").and_then(Value::as_f64).map(|t| t * 2.0),
+        top_p: body.get("top_p").and_then(Value::as_f64),
+        stop: body
+            .get("stop_sequences")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default(),
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        user: body.get("metadata").and_then(|m| m.get("user_id")).and_then(Value::as_str).map(str::to_owned),
+        response_format: ResponseFormat::Text,
+    })
+}
+
+fn stop_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "end_turn",
+        Finish::Length => "max_tokens",
+        Finish::ToolCalls => "tool_use",
+        Finish::ContentFilter => "refusal",
+    }
+}
+
+fn message_id(id: &str) -> String {
+    format!("msg_{}", id.trim_start_matches("chatcmpl-"))
+}
+
+/// A canonical answer as an Anthropic `message`.
+pub fn answer_to_anthropic(a: &Answer) -> Value {
+    let mut content = Vec::new();
+    if let Some(t) = a.text.as_deref().filter(|t| !t.is_empty()) {
+        content.push(json!({"type": "text", "text": t}));
+    }
+    for (id, name, args) in &a.tool_calls {
+        let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+        content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+    }
+    json!({"id": message_id(&a.id), "type": "message", "role": "assistant", "model": a.model,
+        "content": content, "stop_reason": stop_reason(a.finish), "stop_sequence": null,
+        "usage": {"input_tokens": a.usage.prompt_tokens.saturating_sub(a.usage.cached_tokens),
+                  "output_tokens": a.usage.completion_tokens,
+                  "cache_read_input_tokens": a.usage.cached_tokens}})
+}
+
+/// Writes canonical stream events as Anthropic's SSE event sequence. Text goes in one text block;
+/// each tool call gets its own `tool_use` block (kept open until the end, so argument fragments of
+/// parallel calls may interleave).
+#[derive(Debug, Default)]
+pub struct EventWriter {
+    next_block: u64,
+    text_block: Option<u64>,
+    tool_blocks: HashMap<u32, u64>,
+    open: Vec<u64>,
+    finish: Option<Finish>,
+    usage: Usage,
+}
+
+impl EventWriter {
+    pub fn write(&mut self, event: &Event, out: &mut bytes::BytesMut) {
+        let mut emit = |name: &str, data: Value| {
+            out.extend_from_slice(format!("event: {name}\ndata: {data}\n\n").as_bytes());
+        };
+        match event {
+            Event::Start { id, model } => emit(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": message_id(id), "type": "message",
+                    "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+            ),
+            Event::Text(t) => {
+                let index = match self.text_block {
+                    Some(i) => i,
+                    None => {
+                        let i = self.next_block;
+                        self.next_block += 1;
+                        self.text_block = Some(i);
+                        self.open.push(i);
+                        emit(
+                            "content_block_start",
+                            json!({"type": "content_block_start", "index": i,
+                            "content_block": {"type": "text", "text": ""}}),
+                        );
+                        i
+                    }
+                };
+                emit(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": t}}),
+                );
+            }
+            Event::ToolStart { index, id, name } => {
+                let block = self.next_block;
+                self.next_block += 1;
+                self.tool_blocks.insert(*index, block);
+                self.open.push(block);
+                emit(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": block,
+                    "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+                );
+            }
+            Event::ToolArguments { index, fragment } => {
+                if let Some(block) = self.tool_blocks.get(index) {
+                    emit(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": block,
+                        "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+                    );
+                }
+            }
+            Event::Finish(f) => self.finish = Some(*f),
+            Event::Usage(u) => self.usage = *u,
+            Event::Error { message } => {
+                emit("error", json!({"type": "error", "error": {"type": "api_error", "message": message}}))
+            }
+            Event::End => {
+                for block in self.open.drain(..) {
+                    emit("content_block_stop", json!({"type": "content_block_stop", "index": block}));
+                }
+                emit(
+                    "message_delta",
+                    json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(self.finish.unwrap_or(Finish::Stop)), "stop_sequence": null},
+                    "usage": {"input_tokens": self.usage.prompt_tokens, "output_tokens": self.usage.completion_tokens}}),
+                );
+                emit("message_stop", json!({"type": "message_stop"}));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +538,70 @@ mod tests {
         assert_eq!(out[6], Event::Finish(Finish::ToolCalls));
         assert!(matches!(out[7], Event::Usage(u) if u.prompt_tokens == 7 && u.completion_tokens == 9));
         assert_eq!(out[8], Event::End);
+    }
+}
+
+#[cfg(test)]
+mod reverse_tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn an_anthropic_request_reads_into_the_canonical_chat() {
+        let body = json!({"model": "m", "max_tokens": 10, "system": [{"type": "text", "text": "be brief"}],
+            "temperature": 0.5, "stop_sequences": ["X"], "metadata": {"user_id": "u"},
+            "tools": [{"name": "w", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "w"},
+            "messages": [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w", "input": {"a": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "cold"}]}]});
+        let chat = chat_from_anthropic(body.as_object().unwrap()).unwrap();
+        assert_eq!(chat.system, ["be brief"]);
+        assert_eq!(chat.temperature, Some(1.0));
+        assert_eq!(chat.tool_choice, Some(ToolChoice::Named("w".into())));
+        assert_eq!(
+            chat.turns[1].parts[0],
+            Part::ToolCall { id: "t1".into(), name: "w".into(), arguments: "{\"a\":1}".into() }
+        );
+        assert_eq!(chat.turns[2].parts[0], Part::ToolResult { call_id: "t1".into(), content: "cold".into() });
+        // And back out: the request Anthropic would have received is the same shape.
+        let again = request(&chat, "m", 1).unwrap();
+        assert_eq!(again["messages"][1]["content"][0]["input"]["a"], 1);
+        assert_eq!(again["temperature"], 0.5);
+    }
+
+    #[test]
+    fn events_become_anthropics_block_sequence() {
+        let mut w = EventWriter::default();
+        let mut out = BytesMut::new();
+        for e in [
+            Event::Start { id: "chatcmpl-1".into(), model: "gpt".into() },
+            Event::Text("Hi".into()),
+            Event::ToolStart { index: 0, id: "c".into(), name: "w".into() },
+            Event::ToolArguments { index: 0, fragment: "{}".into() },
+            Event::Finish(Finish::ToolCalls),
+            Event::Usage(Usage { prompt_tokens: 3, completion_tokens: 4, ..Usage::default() }),
+            Event::End,
+        ] {
+            w.write(&e, &mut out);
+        }
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(text.contains("\"id\":\"msg_1\""));
+        assert!(text.contains("\"stop_reason\":\"tool_use\""));
+        assert!(text.contains("\"output_tokens\":4"));
     }
 }

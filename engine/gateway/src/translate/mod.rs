@@ -90,6 +90,53 @@ impl Reader {
     }
 }
 
+/// The forwarding path's OpenAI SSE turned into Anthropic's event sequence, for `/v1/messages`
+/// clients of providers that are not Anthropic.
+#[derive(Debug, Default)]
+pub struct ToAnthropic {
+    splitter: SseSplitter,
+    reader: openai::StreamReader,
+    writer: anthropic::EventWriter,
+    events: Vec<canonical::Event>,
+}
+
+impl ToAnthropic {
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let (reader, events) = (&mut self.reader, &mut self.events);
+        self.splitter.feed(chunk, |event| {
+            if let Some(data) = data_of(event) {
+                reader.read(data, events);
+            }
+        });
+        let mut out = BytesMut::new();
+        for e in self.events.drain(..) {
+            self.writer.write(&e, &mut out);
+        }
+        out.freeze()
+    }
+}
+
+/// An OpenAI JSON answer (or error) as Anthropic's, for `/v1/messages` clients.
+pub fn answer_for_anthropic(status: u16, body: &[u8]) -> Bytes {
+    if (200..300).contains(&status)
+        && let Ok(answer) = openai::answer_from_openai(body)
+    {
+        return Bytes::from(anthropic::answer_to_anthropic(&answer).to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let kind = match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
+    };
+    let message = v.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or("provider error");
+    Bytes::from(serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}).to_string())
+}
+
 /// Golden transcripts: recorded-shape provider streams in `tests/fixtures/*.sse`, translated and
 /// compared with the expected OpenAI streams next to them (`*.openai.sse`) — whole, and re-split at
 /// every byte boundary, which must not change a byte of the output. `SLUICE_BLESS=1` rewrites the

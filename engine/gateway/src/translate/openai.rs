@@ -291,6 +291,174 @@ impl ChunkWriter {
     }
 }
 
+// ---- The other direction: OpenAI-shaped providers behind `/v1/messages`. ----
+
+/// An OpenAI chat body for `chat` (the request an OpenAI-shaped provider receives on behalf of an
+/// Anthropic client). Streams ask for the usage chunk.
+pub fn request_from_chat(chat: &Chat, model: &str) -> Value {
+    let mut messages = Vec::new();
+    if !chat.system.is_empty() {
+        messages.push(json!({"role": "system", "content": chat.system.join("\n\n")}));
+    }
+    for turn in &chat.turns {
+        let mut content = Vec::new();
+        let mut calls = Vec::new();
+        for part in &turn.parts {
+            match part {
+                Part::Text(t) => content.push(json!({"type": "text", "text": t})),
+                Part::Image(Image::Url(url)) => content.push(json!({"type": "image_url", "image_url": {"url": url}})),
+                Part::Image(Image::Base64 { media_type, data }) => content.push(
+                    json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}}),
+                ),
+                Part::ToolCall { id, name, arguments } => calls.push(
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}),
+                ),
+                // Each tool result is its own `tool` message in OpenAI's format.
+                Part::ToolResult { call_id, content: result } => {
+                    messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": result}));
+                }
+            }
+        }
+        match turn.role {
+            Role::User if !content.is_empty() => messages.push(json!({"role": "user", "content": content})),
+            Role::User => {}
+            Role::Assistant => {
+                let text: String = content.iter().filter_map(|c| c["text"].as_str()).collect();
+                let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+                if !calls.is_empty() {
+                    m["tool_calls"] = Value::Array(calls);
+                }
+                messages.push(m);
+            }
+        }
+    }
+    let mut body = json!({"model": model, "messages": messages});
+    if let Some(m) = chat.max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    if let Some(t) = chat.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(p) = chat.top_p {
+        body["top_p"] = json!(p);
+    }
+    if !chat.stop.is_empty() {
+        body["stop"] = json!(chat.stop);
+    }
+    if let Some(u) = &chat.user {
+        body["user"] = json!(u);
+    }
+    if chat.stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    if !chat.tools.is_empty() {
+        body["tools"] = Value::Array(
+            chat.tools
+                .iter()
+                .map(|t| {
+                    let mut f = json!({"name": t.name, "parameters": t.parameters});
+                    if let Some(d) = &t.description {
+                        f["description"] = json!(d);
+                    }
+                    json!({"type": "function", "function": f})
+                })
+                .collect(),
+        );
+    }
+    if let Some(choice) = &chat.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Named(n) => json!({"type": "function", "function": {"name": n}}),
+        };
+    }
+    body
+}
+
+fn finish_from(reason: Option<&str>) -> Finish {
+    match reason {
+        Some("length") => Finish::Length,
+        Some("tool_calls" | "function_call") => Finish::ToolCalls,
+        Some("content_filter") => Finish::ContentFilter,
+        _ => Finish::Stop,
+    }
+}
+
+/// An OpenAI `chat.completion` as a canonical answer.
+pub fn answer_from_openai(body: &[u8]) -> Result<Answer, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the provider's answer is not JSON: {e}"))?;
+    let choice = v.pointer("/choices/0").ok_or("the provider's answer has no choice")?;
+    let message = &choice["message"];
+    let tool_calls = message["tool_calls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (str_at(c, "/id"), str_at(c, "/function/name"), str_at(c, "/function/arguments")))
+        .collect();
+    Ok(Answer {
+        id: v["id"].as_str().unwrap_or("").to_owned(),
+        model: v["model"].as_str().unwrap_or("").to_owned(),
+        text: message["content"].as_str().map(str::to_owned),
+        tool_calls,
+        finish: finish_from(choice["finish_reason"].as_str()),
+        usage: v.get("usage").and_then(Usage::from_openai).unwrap_or_default(),
+    })
+}
+
+/// Reads OpenAI `chat.completion.chunk` events (the JSON of each `data:` line, or `[DONE]`) into
+/// canonical events.
+#[derive(Debug, Default)]
+pub struct StreamReader {
+    started: bool,
+}
+
+impl StreamReader {
+    pub fn read(&mut self, data: &[u8], out: &mut Vec<Event>) {
+        if data == b"[DONE]" {
+            out.push(Event::End);
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+        if let Some(e) = v.get("error") {
+            out.push(Event::Error { message: e["message"].as_str().unwrap_or("provider error").to_owned() });
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            out.push(Event::Start {
+                id: v["id"].as_str().unwrap_or("").to_owned(),
+                model: v["model"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
+            out.push(Event::Usage(u));
+        }
+        let choice = &v["choices"][0];
+        let delta = &choice["delta"];
+        if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            out.push(Event::Text(t.to_owned()));
+        }
+        for call in delta["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let index = call["index"].as_u64().unwrap_or(0) as u32;
+            if let Some(id) = call["id"].as_str() {
+                out.push(Event::ToolStart { index, id: id.to_owned(), name: str_at(call, "/function/name") });
+            }
+            if let Some(fragment) =
+                call.pointer("/function/arguments").and_then(Value::as_str).filter(|f| !f.is_empty())
+            {
+                out.push(Event::ToolArguments { index, fragment: fragment.to_owned() });
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            out.push(Event::Finish(finish_from(Some(reason))));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
