@@ -8,6 +8,7 @@
 //! | `claude-max`        | stops with `max_tokens`                                            |
 //! | `claude-overloaded` | HTTP 529 `overloaded_error`                                         |
 //! | `claude-bad`        | HTTP 400 `invalid_request_error`                                    |
+//! | `claude-long`       | HTTP 400 `prompt is too long` (context length exceeded)             |
 //! | `claude-cut`        | streams `message_start` and one delta, then drops the connection   |
 //! | `claude-stream-error` | streams one delta, then an `error` event (overloaded), then ends |
 //!
@@ -92,6 +93,9 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Bo
     match model.as_str() {
         "claude-overloaded" => return error(529, "overloaded_error", "Overloaded"),
         "claude-bad" => return error(400, "invalid_request_error", "messages: roles must alternate"),
+        "claude-long" => {
+            return error(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum");
+        }
         _ => {}
     }
     let usage = json!({"input_tokens": 21, "output_tokens": 9, "cache_read_input_tokens": 4,

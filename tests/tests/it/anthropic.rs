@@ -204,3 +204,24 @@ async fn an_error_event_inside_a_claude_stream_reaches_the_client_once_in_openai
     assert_eq!(errors[0]["error"]["message"], "Overloaded");
     assert_eq!(evs.last().unwrap(), errors[0]);
 }
+
+#[tokio::test]
+async fn a_prompt_too_long_for_claude_is_openais_context_length_exceeded() {
+    let claude = MockAnthropic::start().await;
+    let gw = gateway(&claude, "claude-long", None).await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+    let e = openai_error(post(&gw, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert_eq!(e["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn when_every_provider_is_overloaded_the_answer_is_503() {
+    let claude = MockAnthropic::start().await;
+    let gw = gateway(&claude, "claude-overloaded", None).await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post(&gw, "/v1/chat/completions", &body).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let e = openai_error(r, 503).await;
+    assert!(e["message"].as_str().unwrap().contains("HTTP 529"));
+}

@@ -169,7 +169,8 @@ pub async fn forward(
 }
 
 /// The error once every target is spent: 504 when all attempts timed out, 503 when none could be
-/// made (circuits open, rate limited, no endpoint) or all were rate limited, 502 otherwise.
+/// made (circuits open, rate limited, no endpoint) or every provider was rate limited, unavailable
+/// or overloaded (429, 503, Anthropic's 529), 502 otherwise.
 fn spent(
     model: &str,
     failures: &[String],
@@ -178,7 +179,10 @@ fn spent(
 ) -> GatewayError {
     let kind = if !kinds.is_empty() && kinds.iter().all(|k| *k == FailureKind::Timeout) {
         ErrorKind::GatewayTimeout
-    } else if kinds.iter().all(|k| matches!(k, FailureKind::Status(429) | FailureKind::NoEndpoint)) {
+    } else if kinds
+        .iter()
+        .all(|k| matches!(k, FailureKind::Status(429 | 503 | 529) | FailureKind::NoEndpoint))
+    {
         ErrorKind::Unavailable
     } else {
         ErrorKind::BadGateway
@@ -367,11 +371,19 @@ fn from_translated(
         Some("rate_limit_error" | "RESOURCE_EXHAUSTED") => "rate_limit_error",
         _ => "invalid_request_error",
     };
+    let message = openai::error_message(body);
+    // Both providers say so in words: "prompt is too long" (Anthropic), "exceeds the maximum number
+    // of tokens" (Gemini). OpenAI's clients look for the code.
+    let lower = message.to_ascii_lowercase();
+    let code = (lower.contains("prompt is too long")
+        || lower.contains("maximum number of tokens")
+        || lower.contains("context length"))
+    .then_some("context_length_exceeded");
     let e = serde_json::json!({"error": {
-        "message": openai::error_message(body),
+        "message": message,
         "type": kind,
         "param": null,
-        "code": null,
+        "code": code,
     }});
     Ok(Bytes::from(e.to_string()))
 }

@@ -138,7 +138,8 @@ pub fn answer_for_anthropic(status: u16, body: &[u8]) -> Bytes {
 }
 
 /// Golden transcripts: recorded-shape provider streams in `tests/fixtures/*.sse`, translated and
-/// compared with the expected OpenAI streams next to them (`*.openai.sse`) — whole, and re-split at
+/// compared with the expected streams next to them (`*.openai.sse`; `*.anthropic.sse` for OpenAI
+/// streams bound for `/v1/messages` clients) — whole, and re-split at
 /// every byte boundary, which must not change a byte of the output. `SLUICE_BLESS=1` rewrites the
 /// expected files after a deliberate change; review their diff.
 #[cfg(test)]
@@ -148,6 +149,11 @@ mod golden {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     fn translate(name: &str, chunks: &[&[u8]]) -> Vec<u8> {
+        if name.starts_with("openai") {
+            // The /v1/messages direction: OpenAI chunks to Anthropic events.
+            let mut t = ToAnthropic::default();
+            return chunks.iter().flat_map(|c| t.feed(c).to_vec()).collect();
+        }
         let mut t = if name.starts_with("gemini") {
             StreamTranslation::gemini(0, "gemini-model")
         } else {
@@ -163,7 +169,8 @@ mod golden {
 
     fn check(name: &str) {
         let input = std::fs::read(format!("{FIXTURES}/{name}.sse")).unwrap();
-        let expected_path = format!("{FIXTURES}/{name}.openai.sse");
+        let out = if name.starts_with("openai") { "anthropic" } else { "openai" };
+        let expected_path = format!("{FIXTURES}/{name}.{out}.sse");
         let whole = translate(name, &[&input]);
         if std::env::var_os("SLUICE_BLESS").is_some() {
             std::fs::write(&expected_path, &whole).unwrap();
@@ -191,5 +198,10 @@ mod golden {
     #[test]
     fn gemini_text_then_a_function_call() {
         check("gemini_text_and_call");
+    }
+
+    #[test]
+    fn openai_text_then_parallel_tool_calls_for_an_anthropic_client() {
+        check("openai_tools");
     }
 }
