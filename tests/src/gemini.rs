@@ -9,6 +9,7 @@
 //! | `gemini-busy`    | HTTP 503 `UNAVAILABLE`                                        |
 //! | `gemini-bad`     | HTTP 400 `INVALID_ARGUMENT`                                   |
 //! | `gemini-cut`     | one chunk without a finish reason, then the stream ends       |
+//! | `gemini-max`     | a text answer cut by `MAX_TOKENS`                             |
 //!
 //! `:batchEmbedContents` answers one vector per request, `outputDimensionality` long (default 4).
 //!
@@ -106,7 +107,7 @@ async fn handle(requests: Arc<Requests>, req: hyper::Request<Incoming>) -> Respo
         json!([{"text": "Ciao from Gemini."}])
     };
     if !stream {
-        let answer = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP",
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": if model == "gemini-max" { "MAX_TOKENS" } else { "STOP" },
             "index": 0}], "usageMetadata": usage, "modelVersion": model, "responseId": "resp-1"});
         return respond(200, "application/json", answer.to_string());
     }
@@ -128,7 +129,11 @@ async fn handle(requests: Arc<Requests>, req: hyper::Request<Incoming>) -> Respo
     } else {
         chunk(json!([{"text": "Ciao"}]), None, None)
             + &chunk(json!([{"text": " from"}]), None, None)
-            + &chunk(json!([{"text": " Gemini."}]), Some("STOP"), Some(&usage))
+            + &chunk(
+                json!([{"text": " Gemini."}]),
+                Some(if model == "gemini-max" { "MAX_TOKENS" } else { "STOP" }),
+                Some(&usage),
+            )
     };
     respond(200, "text/event-stream", body)
 }

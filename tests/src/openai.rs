@@ -11,6 +11,7 @@
 //! | `paced`               | streams 20 chunks, 25 ms apart                                  |
 //! | `bad-request`         | 400 with an OpenAI error body (the client's fault)              |
 //! | `tools`               | two parallel tool calls (`weather`, `time`), streamed by index  |
+//! | `max`                 | a normal answer cut by `max_tokens` (`finish_reason: length`)   |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,7 +144,7 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Bo
     let text = format!("echo from {model} ({} bytes received)", body.len());
     if !stream {
         let mut answer = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if model == "max" { "length" } else { "stop" }}]});
         if model != "no-usage" {
             answer["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
         }
@@ -177,7 +178,8 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Bo
             }
             let _ = tx.send(chunk(json!({"content": p}), Value::Null)).await;
         }
-        let _ = tx.send(chunk(json!({}), json!("stop"))).await;
+        let finish = if model == "max" { "length" } else { "stop" };
+        let _ = tx.send(chunk(json!({}), json!(finish))).await;
         if with_usage {
             let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
                 "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}});

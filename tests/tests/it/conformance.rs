@@ -1,5 +1,6 @@
 //! The same scenarios against every provider: whatever serves a model alias, the client sees
-//! OpenAI's shapes — answers, streams, tool calls — and a failing provider falls over.
+//! OpenAI's shapes — answers, streams, tool calls, multi-turn chats with images and tool results,
+//! 4xx refusals, max-tokens stops, cut streams — and a failing provider falls over.
 
 use serde_json::{Value, json};
 use sluice_tests::anthropic::MockAnthropic;
@@ -10,13 +11,17 @@ use sluice_tests::openai::MockOpenAi;
 use crate::{BIN, KEY, post};
 
 /// A provider under test: its mock (kept alive), its config table and the upstream model names
-/// that make the mock answer, call tools, or fail with a 5xx.
+/// that make the mock answer, call tools, fail with a 5xx, refuse with a 4xx, stop at max tokens,
+/// or cut its stream.
 struct Subject {
     _mock: Box<dyn std::any::Any + Send>,
     provider: String,
     ok: &'static str,
     tools: &'static str,
     fail: &'static str,
+    bad: &'static str,
+    max: &'static str,
+    cut: &'static str,
 }
 
 const KEY_FILE: &str = "api_key = \"file:{dir}/provider.key\"\nhealth_check = { enabled = false }\n";
@@ -24,7 +29,16 @@ const KEY_FILE: &str = "api_key = \"file:{dir}/provider.key\"\nhealth_check = { 
 async fn openai() -> Subject {
     let m = MockOpenAi::start().await;
     let provider = format!("kind = \"openai\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
-    Subject { _mock: Box::new(m), provider, ok: "ok", tools: "tools", fail: "fail-500" }
+    Subject {
+        _mock: Box::new(m),
+        provider,
+        ok: "ok",
+        tools: "tools",
+        fail: "fail-500",
+        bad: "bad-request",
+        max: "max",
+        cut: "cut",
+    }
 }
 
 async fn azure() -> Subject {
@@ -32,19 +46,46 @@ async fn azure() -> Subject {
     let base = m.url().trim_end_matches("/v1").to_owned();
     let provider =
         format!("kind = \"azure_openai\"\nbase_url = \"{base}\"\napi_version = \"2024-10-21\"\n{KEY_FILE}");
-    Subject { _mock: Box::new(m), provider, ok: "ok", tools: "tools", fail: "fail-500" }
+    Subject {
+        _mock: Box::new(m),
+        provider,
+        ok: "ok",
+        tools: "tools",
+        fail: "fail-500",
+        bad: "bad-request",
+        max: "max",
+        cut: "cut",
+    }
 }
 
 async fn anthropic() -> Subject {
     let m = MockAnthropic::start().await;
     let provider = format!("kind = \"anthropic\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
-    Subject { _mock: Box::new(m), provider, ok: "claude-x", tools: "claude-tools", fail: "claude-overloaded" }
+    Subject {
+        _mock: Box::new(m),
+        provider,
+        ok: "claude-x",
+        tools: "claude-tools",
+        fail: "claude-overloaded",
+        bad: "claude-bad",
+        max: "claude-max",
+        cut: "claude-cut",
+    }
 }
 
 async fn gemini() -> Subject {
     let m = MockGemini::start().await;
     let provider = format!("kind = \"gemini\"\nbase_url = \"{}\"\n{KEY_FILE}", m.url());
-    Subject { _mock: Box::new(m), provider, ok: "gemini-x", tools: "gemini-tools", fail: "gemini-busy" }
+    Subject {
+        _mock: Box::new(m),
+        provider,
+        ok: "gemini-x",
+        tools: "gemini-tools",
+        fail: "gemini-busy",
+        bad: "gemini-bad",
+        max: "gemini-max",
+        cut: "gemini-cut",
+    }
 }
 
 /// Aliases `ok`, `tools` and `fail` on the subject; `fail` falls over to an OpenAI backup.
@@ -55,12 +96,18 @@ async fn gateway(s: &Subject, backup: &MockOpenAi) -> TestGateway {
          [providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\n{KEY_FILE}\n\
          [models.ok]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n\
          [models.tools]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n\
-         [models.fail]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}, {{ provider = \"backup\", model = \"ok\" }}]\n",
+         [models.fail]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}, {{ provider = \"backup\", model = \"ok\" }}]\n\
+         [models.bad]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}, {{ provider = \"backup\", model = \"ok\" }}]\n\
+         [models.max]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n\
+         [models.cut]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n",
         s.provider,
         backup.url(),
         s.ok,
         s.tools,
-        s.fail
+        s.fail,
+        s.bad,
+        s.max,
+        s.cut
     );
     TestGateway::start(BIN, &text).await
 }
@@ -161,6 +208,44 @@ async fn falls_over(s: Subject) {
     assert_eq!(backup.hits(), 1);
 }
 
+async fn multi_turn(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let body = json!({"model": "ok", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+        {"role": "user", "content": "And tomorrow?"}],
+        "stop": ["END"], "temperature": 0.2});
+    let r = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+async fn refusals_and_limits(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let e =
+        crate::openai_error(post(&gw, "/v1/chat/completions", &chat("bad", false, false)).await, 400).await;
+    assert_eq!(e["type"], "invalid_request_error");
+    assert_eq!(backup.hits(), 0, "a provider's 4xx is the client's answer, not a reason to fall over");
+    let v: Value = post(&gw, "/v1/chat/completions", &chat("max", false, false)).await.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+async fn cut_stream(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let text = post(&gw, "/v1/chat/completions", &chat("cut", true, false)).await.text().await.unwrap();
+    let evs = crate::sse_events(&text);
+    assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(evs.last().unwrap()["error"]["code"], "stream_interrupted", "{text}");
+}
+
 macro_rules! conformance {
     ($($provider:ident),* $(,)?) => {$(
         mod $provider {
@@ -182,6 +267,21 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_failing_provider_falls_over_to_the_next_target() {
                 super::falls_over(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_multi_turn_chat_with_images_and_tool_results_is_answered() {
+                super::multi_turn(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_provider_4xx_is_a_400_and_max_tokens_is_length() {
+                super::refusals_and_limits(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_stream_cut_mid_way_ends_with_an_error_event() {
+                super::cut_stream(super::$provider().await).await;
             }
         }
     )*};
