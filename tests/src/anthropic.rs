@@ -71,6 +71,9 @@ fn sse(name: &str, data: Value) -> Result<Frame<Bytes>, std::io::Error> {
 async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Body> {
     let seen = Recorded::read(req).await;
     if seen.method == "GET" && seen.path == "/v1/models" {
+        if seen.header("x-api-key").is_none() || seen.header("anthropic-version").is_none() {
+            return error(401, "authentication_error", "x-api-key header is required");
+        }
         return json_response(200, json!({"data": [{"type": "model", "id": "claude-x"}], "has_more": false}));
     }
     state.requests.lock().expect("requests").push(seen.clone());

@@ -288,3 +288,42 @@ macro_rules! conformance {
 }
 
 conformance!(openai, azure, anthropic, gemini);
+
+/// Every kind of provider is probed on its own models endpoint with its own key header, and
+/// `/health` shows the result per endpoint.
+async fn probed(s: Subject) {
+    let text = format!(
+        "[providers.subject]\n{}\n[models.ok]\ntargets = [{{ provider = \"subject\", model = \"{}\" }}]\n",
+        s.provider.replace("health_check = { enabled = false }", "health_check = { interval = \"200ms\" }"),
+        s.ok
+    );
+    let gw = TestGateway::start(BIN, &text).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let h: Value = crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap();
+    let endpoint = &h["targets"][0]["endpoints"][0];
+    assert_eq!(endpoint["last_probe"]["ok"], true, "{h}");
+    assert_eq!(endpoint["healthy"], true);
+    assert_eq!(h["status"], "ok");
+}
+
+mod probes {
+    #[tokio::test]
+    async fn openai_is_probed_on_models() {
+        super::probed(super::openai().await).await;
+    }
+
+    #[tokio::test]
+    async fn azure_is_probed_on_its_models_endpoint() {
+        super::probed(super::azure().await).await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_is_probed_on_models_with_its_headers() {
+        super::probed(super::anthropic().await).await;
+    }
+
+    #[tokio::test]
+    async fn gemini_is_probed_on_models_with_its_key_header() {
+        super::probed(super::gemini().await).await;
+    }
+}
