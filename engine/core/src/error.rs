@@ -65,6 +65,22 @@ impl ErrorKind {
         }
     }
 
+    /// The class of an HTTP error status (a provider's answer relayed to a client).
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => Self::Authentication,
+            403 => Self::PermissionDenied,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            413 => Self::PayloadTooLarge,
+            429 => Self::RateLimited,
+            503 | 529 => Self::Unavailable,
+            504 => Self::GatewayTimeout,
+            500..=599 => Self::BadGateway,
+            _ => Self::InvalidRequest,
+        }
+    }
+
     /// Anthropic's `error.type` for this class (answers on `/v1/messages`).
     pub fn anthropic_type(self) -> &'static str {
         match self {
@@ -187,9 +203,14 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "messages");
         assert_eq!(v["error"]["code"], "x");
-        let e = GatewayError::new(ErrorKind::Unavailable, "down");
+        let e = GatewayError::new(ErrorKind::from_status(529), "down");
         let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
         assert!(v["error"]["param"].is_null());
         assert_eq!(e.status(), 503);
+        let v: serde_json::Value = serde_json::from_slice(&e.to_anthropic_json()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        assert_eq!(ErrorKind::from_status(401).anthropic_type(), "authentication_error");
+        assert_eq!(ErrorKind::from_status(422), ErrorKind::InvalidRequest);
     }
 }

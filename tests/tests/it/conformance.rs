@@ -1,6 +1,7 @@
 //! The same scenarios against every provider: whatever serves a model alias, the client sees
 //! OpenAI's shapes — answers, streams, tool calls, multi-turn chats with images and tool results,
-//! 4xx refusals, max-tokens stops, cut streams — and a failing provider falls over.
+//! 4xx refusals, max-tokens stops, cut streams, JSON mode and embeddings (served, or refused with a
+//! clear 400 where the provider has no such thing) — and a failing provider falls over.
 
 use serde_json::{Value, json};
 use sluice_tests::anthropic::MockAnthropic;
@@ -22,6 +23,10 @@ struct Subject {
     bad: &'static str,
     max: &'static str,
     cut: &'static str,
+    /// The provider honours JSON response formats (else: a clear 400).
+    json_mode: bool,
+    /// The provider has an embeddings API (else: a clear 400).
+    embeddings: bool,
 }
 
 const KEY_FILE: &str = "api_key = \"file:{dir}/provider.key\"\nhealth_check = { enabled = false }\n";
@@ -38,6 +43,8 @@ async fn openai() -> Subject {
         bad: "bad-request",
         max: "max",
         cut: "cut",
+        json_mode: true,
+        embeddings: true,
     }
 }
 
@@ -55,6 +62,8 @@ async fn azure() -> Subject {
         bad: "bad-request",
         max: "max",
         cut: "cut",
+        json_mode: true,
+        embeddings: true,
     }
 }
 
@@ -70,6 +79,8 @@ async fn anthropic() -> Subject {
         bad: "claude-bad",
         max: "claude-max",
         cut: "claude-cut",
+        json_mode: false,
+        embeddings: false,
     }
 }
 
@@ -85,6 +96,8 @@ async fn gemini() -> Subject {
         bad: "gemini-bad",
         max: "gemini-max",
         cut: "gemini-cut",
+        json_mode: true,
+        embeddings: true,
     }
 }
 
@@ -246,6 +259,29 @@ async fn cut_stream(s: Subject) {
     assert_eq!(evs.last().unwrap()["error"]["code"], "stream_interrupted", "{text}");
 }
 
+async fn json_mode_and_embeddings(s: Subject) {
+    let backup = MockOpenAi::start().await;
+    let gw = gateway(&s, &backup).await;
+    let mut body = chat("ok", false, false);
+    body["response_format"] = json!({"type": "json_object"});
+    let r = post(&gw, "/v1/chat/completions", &body).await;
+    if s.json_mode {
+        assert_eq!(r.status(), 200);
+    } else {
+        assert_eq!(crate::openai_error(r, 400).await["param"], "response_format");
+    }
+    let r = post(&gw, "/v1/embeddings", &json!({"model": "ok", "input": ["a", "b"]})).await;
+    if s.embeddings {
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["object"], "list");
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert!(v["data"][1]["embedding"].as_array().is_some_and(|e| !e.is_empty()));
+    } else {
+        assert_eq!(crate::openai_error(r, 400).await["code"], "unsupported_endpoint");
+    }
+}
+
 macro_rules! conformance {
     ($($provider:ident),* $(,)?) => {$(
         mod $provider {
@@ -282,6 +318,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_stream_cut_mid_way_ends_with_an_error_event() {
                 super::cut_stream(super::$provider().await).await;
+            }
+
+            #[tokio::test]
+            async fn json_mode_and_embeddings_are_served_or_clearly_refused() {
+                super::json_mode_and_embeddings(super::$provider().await).await;
             }
         }
     )*};

@@ -124,17 +124,9 @@ pub fn answer_for_anthropic(status: u16, body: &[u8]) -> Bytes {
         return Bytes::from(anthropic::answer_to_anthropic(&answer).to_string());
     }
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let kind = match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        s if s >= 500 => "api_error",
-        _ => "invalid_request_error",
-    };
     let message = v.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or("provider error");
-    Bytes::from(serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}).to_string())
+    let e = sluice_core::GatewayError::new(sluice_core::ErrorKind::from_status(status), message);
+    Bytes::from(e.to_anthropic_json())
 }
 
 /// Golden transcripts: recorded-shape provider streams in `tests/fixtures/*.sse`, translated and
