@@ -9,19 +9,32 @@
 use std::sync::Arc;
 
 use sluice_core::Plugin;
+use sluice_core::limits::LimitStore;
 
 pub mod keys;
+pub mod limits;
 
 /// The plugins' configuration tables, one per plugin, named after the plugin. The gateway's config
 /// file holds each as a top-level table (`[keys]`, ...).
 #[derive(Debug, Clone, Default)]
 pub struct PluginsConfig {
     pub keys: keys::KeysConfig,
+    /// `None`: no `[limits]` table, the plugin is off.
+    pub limits: Option<limits::LimitsConfig>,
 }
 
-/// Builds the plugin chain in its one fixed order: keys → (residency → limits → budgets → pii →
-/// cache, as they arrive). Errors name the config key at fault.
-pub fn chain(config: &PluginsConfig) -> Result<Vec<Arc<dyn Plugin>>, String> {
+/// The state stores plugins keep their counters in, chosen by the gateway's configuration.
+pub struct Stores {
+    pub limits: Arc<dyn LimitStore>,
+}
+
+/// Builds the plugin chain in its one fixed order: keys → limits → (residency, budgets, pii, cache
+/// as they arrive). Errors name the config key at fault.
+pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let keys = keys::Keys::new(&config.keys).map_err(|e| format!("keys.{e}"))?;
-    Ok(vec![Arc::new(keys)])
+    let mut chain: Vec<Arc<dyn Plugin>> = vec![Arc::new(keys)];
+    if let Some(limits) = &config.limits {
+        chain.push(Arc::new(limits::Limits::new(limits.clone(), stores.limits.clone())));
+    }
+    Ok(chain)
 }

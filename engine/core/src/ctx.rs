@@ -83,6 +83,8 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     /// The HTTP status the client received.
     pub status: u16,
+    /// Headers plugins add to the response, whatever it is (answers and errors alike).
+    pub response_headers: Vec<(&'static str, String)>,
     /// Private per-plugin state, keyed by type.
     pub extensions: Extensions,
 }
@@ -102,6 +104,7 @@ impl RequestCtx {
             attempts: 0,
             usage: None,
             status: 0,
+            response_headers: Vec::new(),
             extensions: Extensions::default(),
         }
     }

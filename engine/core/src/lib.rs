@@ -16,6 +16,7 @@
 
 pub mod ctx;
 pub mod error;
+pub mod limits;
 pub mod plugin;
 pub mod secret;
 pub mod usage;

@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod sse;
+pub mod stores;
 pub mod translate;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice_plugins::keys::KeysConfig;
+use sluice_plugins::limits::LimitsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +23,8 @@ pub struct ConfigFile {
     /// Plugin `keys`: gateway keys declared in this file.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Plugin `limits`: requests and tokens per minute per org, team and app (off when absent).
+    pub limits: Option<LimitsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

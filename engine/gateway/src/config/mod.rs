@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::secret::Secret;
-use sluice_plugins::PluginsConfig;
+use sluice_plugins::{PluginsConfig, Stores};
 
 use crate::metrics::Metrics;
 use crate::providers::{Dialect, HttpUpstream, Provider, Transport, mock::Mock};
@@ -20,6 +20,7 @@ use crate::proxy::Gateway;
 use crate::routing::circuit::Circuit;
 use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec, load_ca};
 use crate::routing::{Route, Router, Target};
+use crate::stores::memory::MemoryLimits;
 use file::{ConfigFile, ProviderKind, RankFile};
 
 /// The embedded default configuration.
@@ -102,7 +103,12 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         }
         routes.insert(alias.clone(), Route { ranks });
     }
-    let plugins = sluice_plugins::chain(&PluginsConfig { keys: file.keys.clone() })?;
+    // The embedded default keeps limit counters in memory (one instance).
+    let stores = Stores { limits: Arc::new(MemoryLimits::default()) };
+    let plugins = sluice_plugins::chain(
+        &PluginsConfig { keys: file.keys.clone(), limits: file.limits.clone() },
+        &stores,
+    )?;
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     Ok(Gateway { settings, router: Router { routes }, plugins, metrics, lifecycle: Default::default() })
 }

@@ -26,6 +26,9 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
     if ctx.core.attempts > 0 {
         h.insert_header("x-sluice-attempts", ctx.core.attempts.to_string())?;
     }
+    for (name, value) in &ctx.core.response_headers {
+        h.insert_header(*name, value.as_str())?;
+    }
     ctx.core.status = status;
     Ok(h)
 }

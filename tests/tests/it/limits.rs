@@ -1,0 +1,52 @@
+//! Plugin `limits` through the port (in-memory store, the embedded default's).
+
+use std::time::Duration;
+
+use sluice_tests::openai::MockOpenAi;
+
+use crate::{chat_body, gateway_with_chain, openai_error, post};
+
+#[tokio::test]
+async fn the_team_rpm_limit_answers_429_with_retry_after_and_rate_limit_headers() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "[limits]\nteam = { rpm = 2 }\n").await;
+    for remaining in ["1", "0"] {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "2");
+        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], remaining);
+        assert!(r.headers()["x-ratelimit-reset-requests"].to_str().unwrap().ends_with('s'));
+        assert_eq!(r.headers()["x-ratelimit-remaining"], remaining);
+    }
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+    let e = openai_error(r, 429).await;
+    assert_eq!(e["type"], "rate_limit_error");
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("team `t`") && msg.contains("limit 2"), "{msg}");
+    assert_eq!(mock.hits(), 2, "the refused request never reached the provider");
+}
+
+#[tokio::test]
+async fn token_reservations_are_corrected_to_real_usage_when_the_request_ends() {
+    let mock = MockOpenAi::start().await;
+    // Each request reserves its prompt estimate + 60 = 63 tokens; the mock reports 18 used, and the
+    // reservation is corrected to that: 18, 36, 54 used after three requests, so the fourth (54 + 63)
+    // no longer fits. Without the correction the second (63 + 63) would already be refused.
+    let gw = gateway_with_chain(
+        &[&mock],
+        &[(0, "ok")],
+        "[limits]\ndefault_max_tokens = 60\napp = { tpm = 100 }\n",
+    )
+    .await;
+    for i in 0..3 {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = openai_error(post(&gw, "/v1/chat/completions", &chat_body("m")).await, 429).await;
+    assert!(e["message"].as_str().unwrap().contains("TPM"), "{e}");
+    assert_eq!(mock.hits(), 3);
+}
