@@ -109,6 +109,23 @@ impl TestGateway {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
+    /// The gateway's threads and their states (`name:state` from /proc), for diagnosing hangs.
+    pub fn threads(&self) -> String {
+        let Some(child) = &self.child else { return String::new() };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else { return "gone".into() };
+        tasks
+            .flatten()
+            .filter_map(|t| {
+                let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_owned();
+                let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+                Some(format!("{}:{state}:{wchan}", name.trim()))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the gateway.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {

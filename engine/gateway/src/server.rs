@@ -135,6 +135,15 @@ impl BackgroundService for Upkeep {
     }
 }
 
+/// SIGINT: stop now, without draining. Pingora's own fast shutdown never tells its listeners to
+/// stop, and a listener whose runtime is being torn down can spin on failing `accept()` calls and
+/// keep the process alive (seen here); its graceful path stops the listeners first. With the grace
+/// period at 0, that is immediate: requests still in flight are dropped when the runtimes stop.
+fn stop_now() -> ShutdownSignal {
+    log::info!("SIGINT: stopping now");
+    ShutdownSignal::GracefulTerminate
+}
+
 /// SIGTERM: drain, then a graceful stop; SIGINT: stop now.
 struct Drain {
     lifecycle: Arc<Lifecycle>,
@@ -151,7 +160,7 @@ impl ShutdownSignalWatch for Drain {
         };
         self.lifecycle.started.store(true, Ordering::Relaxed);
         tokio::select! {
-            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = int.recv() => return stop_now(),
             _ = term.recv() => {}
         }
         self.lifecycle.draining.store(true, Ordering::Relaxed);
@@ -164,7 +173,7 @@ impl ShutdownSignalWatch for Drain {
                 return ShutdownSignal::GracefulTerminate;
             }
             tokio::select! {
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = int.recv() => return stop_now(),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }

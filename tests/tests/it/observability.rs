@@ -45,7 +45,15 @@ async fn metrics_count_requests_tokens_attempts_and_gateway_overhead() {
     let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
     let gw = gateway_with_chain(&[&a, &b], &[(0, "fail-500"), (1, "ok")], "").await;
     assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
-    let text = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // Metrics are recorded when the request ends, which can be just after the client saw its answer.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.contains("sluice_retries_total{model=\"m\"}") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for needle in [
         "sluice_requests_total{endpoint=\"/v1/chat/completions\",model=\"m\",status=\"200\",target=\"p1/ok\"} 1",
         "sluice_tokens_total{kind=\"prompt\",model=\"m\",target=\"p1/ok\"} 11",

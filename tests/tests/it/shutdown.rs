@@ -38,5 +38,6 @@ async fn sigterm_on_an_idle_gateway_and_sigint_exit_quickly() {
     );
     let mut gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
     gw.signal(libc::SIGINT);
-    assert!(gw.wait_exit(Duration::from_secs(3)).await.is_some());
+    let exited = gw.wait_exit(Duration::from_secs(3)).await;
+    assert!(exited.is_some(), "SIGINT stops at once; stderr: {}\nthreads: {}", gw.stderr(), gw.threads());
 }
