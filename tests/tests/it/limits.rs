@@ -50,3 +50,55 @@ async fn token_reservations_are_corrected_to_real_usage_when_the_request_ends() 
     assert!(e["message"].as_str().unwrap().contains("TPM"), "{e}");
     assert_eq!(mock.hits(), 3);
 }
+
+/// A key prefix no other test (or run) shares.
+fn prefix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("sluice-test-{}-{nanos}:", std::process::id())
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_share_one_limit() {
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\nteam = {{ rpm = 5 }}\n",
+        prefix()
+    );
+    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let mut admitted = 0;
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = post(gw, "/v1/chat/completions", &chat_body("m")).await;
+        match r.status().as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted, 5, "the team's 5 per minute hold across both instances");
+    assert_eq!(mock.hits(), 5);
+    let h: serde_json::Value =
+        crate::client().get(a.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["redis"], "ok");
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() {
+    let mock = MockOpenAi::start().await;
+    let dead = sluice_tests::openai::refused_url().replace("http://", "redis://").replace("/v1", "");
+    let extra = format!("[state]\nredis = \"{dead}\"\n[limits]\napp = {{ rpm = 2 }}\n");
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429], "the in-process limiter took over");
+    let h: serde_json::Value =
+        crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["status"], "degraded");
+    assert!(h["redis"].as_str().unwrap().starts_with("unreachable"));
+}

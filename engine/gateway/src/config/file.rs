@@ -16,6 +16,9 @@ pub struct ConfigFile {
     pub server: ServerFile,
     #[serde(default)]
     pub routing: RoutingFile,
+    /// Where shared state lives; without it, in this process only.
+    #[serde(default)]
+    pub state: StateFile,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderFile>,
     #[serde(default)]
@@ -41,6 +44,21 @@ pub struct ServerFile {
     #[serde(default = "default_drain")]
     pub shutdown_grace: String,
     pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// `redis://host:port[/db]` (or `rediss://` for TLS), or a reference `env:NAME` / `file:PATH`
+    /// when it carries a password. Limits are shared by every instance using the same Redis.
+    pub redis: Option<String>,
+    /// Prefix of every Redis key Sluice writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_key_prefix() -> String {
+    "sluice:".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

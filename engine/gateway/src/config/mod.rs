@@ -21,6 +21,7 @@ use crate::routing::circuit::Circuit;
 use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeSpec, load_ca};
 use crate::routing::{Route, Router, Target};
 use crate::stores::memory::MemoryLimits;
+use crate::stores::redis::RedisLimits;
 use file::{ConfigFile, ProviderKind, RankFile};
 
 /// The embedded default configuration.
@@ -103,14 +104,36 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         }
         routes.insert(alias.clone(), Route { ranks });
     }
-    // The embedded default keeps limit counters in memory (one instance).
-    let stores = Stores { limits: Arc::new(MemoryLimits::default()) };
+    // Limit counters live in Redis when configured (shared by instances), else in memory.
+    let (limits_store, redis_healthy): (Arc<dyn sluice_core::limits::LimitStore>, _) = match &file.state.redis
+    {
+        Some(reference) => {
+            let url = if reference.starts_with("env:") || reference.starts_with("file:") {
+                Secret::resolve(reference).map_err(|e| format!("state.redis: {e}"))?.expose().to_owned()
+            } else {
+                reference.clone()
+            };
+            let store =
+                RedisLimits::new(&url, &file.state.key_prefix).map_err(|e| format!("state.redis: {e}"))?;
+            let healthy = store.healthy();
+            (Arc::new(store), Some(healthy))
+        }
+        None => (Arc::new(MemoryLimits::default()), None),
+    };
+    let stores = Stores { limits: limits_store };
     let plugins = sluice_plugins::chain(
         &PluginsConfig { keys: file.keys.clone(), limits: file.limits.clone() },
         &stores,
     )?;
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    Ok(Gateway { settings, router: Router { routes }, plugins, metrics, lifecycle: Default::default() })
+    Ok(Gateway {
+        settings,
+        router: Router { routes },
+        plugins,
+        metrics,
+        lifecycle: Default::default(),
+        redis_healthy,
+    })
 }
 
 fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {

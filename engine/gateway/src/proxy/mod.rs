@@ -49,6 +49,8 @@ pub struct Gateway {
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Set when state lives in Redis: whether its last call answered.
+    pub redis_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Per-request state: the plugins' shared facts plus the engine's own bookkeeping.
@@ -164,6 +166,14 @@ impl Gateway {
         match route {
             RouteKind::Health => {
                 let (mut status, mut body) = crate::health::report(&self.router);
+                if let Some(up) = &self.redis_healthy {
+                    let up = up.load(std::sync::atomic::Ordering::Relaxed);
+                    body["redis"] =
+                        if up { "ok" } else { "unreachable: limits enforced per instance" }.into();
+                    if !up && body["status"] == "ok" {
+                        body["status"] = "degraded".into();
+                    }
+                }
                 if self.lifecycle.draining() {
                     status = 503;
                     body["status"] = "draining".into();

@@ -2,3 +2,4 @@
 //! Redis and PostgreSQL stores plug in behind the same traits.
 
 pub mod memory;
+pub mod redis;
