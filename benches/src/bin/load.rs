@@ -34,10 +34,13 @@ struct Args {
     stream: bool,
     /// Sluice's worker threads (0 = one per core, its default).
     threads: usize,
+    /// Turn the limits plugin on (org, team and app, requests and tokens), counters in Redis on
+    /// 127.0.0.1:6379; limits high enough that nothing is refused.
+    limits: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0 };
+    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0, limits: false };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -45,6 +48,7 @@ fn args() -> Args {
             "--rate" => a.rate = it.next().and_then(|v| v.parse().ok()).expect("--rate N"),
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--stream" => a.stream = true,
+            "--limits" => a.limits = true,
             "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
             other => panic!("unknown argument {other}"),
         }
@@ -130,12 +134,19 @@ impl Drop for Proc {
     }
 }
 
-fn start_sluice(dir: &Path, upstream: SocketAddr, port: u16, threads: usize) -> Proc {
+fn start_sluice(dir: &Path, upstream: SocketAddr, port: u16, threads: usize, limits: bool) -> Proc {
+    let limits = if limits {
+        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"sluice-load:\"\n\
+         [limits]\norg = { rpm = 10000000, tpm = 10000000000 }\nteam = { rpm = 10000000, tpm = 10000000000 }\n\
+         app = { rpm = 10000000, tpm = 10000000000 }\n"
+    } else {
+        ""
+    };
     let config = format!(
         "[server]\nthreads = {threads}\n\
          [providers.up]\nkind = \"openai_compatible\"\nbase_url = \"http://{upstream}/v1\"\nhealth_check = {{ enabled = false }}\n\
          [models.m]\ntargets = [{{ provider = \"up\", model = \"m\" }}]\n\
-         [[keys.key]]\nid = \"load\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n"
+         [[keys.key]]\nid = \"load\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n{limits}"
     );
     let path = dir.join("sluice.toml");
     std::fs::write(&path, config).unwrap();
@@ -360,7 +371,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let upstream = mock_upstream().await;
     let (sluice_port, nginx_port, pingora_port) = (free_port(), free_port(), free_port());
-    let sluice = start_sluice(&dir, upstream, sluice_port, args.threads);
+    let sluice = start_sluice(&dir, upstream, sluice_port, args.threads, args.limits);
     let nginx = start_nginx(&dir, upstream, nginx_port);
     let pingora = start_pingora(upstream, pingora_port, args.threads);
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
