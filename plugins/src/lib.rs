@@ -38,3 +38,18 @@ pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plug
     }
     Ok(chain)
 }
+
+/// What the plugins' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Runs a future that never waits on I/O (plugins with in-memory stores) to completion.
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_support::block_on;
 
 fn keys() -> Keys {
     let config: KeysConfig = KeysConfig {
@@ -83,15 +84,4 @@ fn config_errors_name_the_entry() {
     });
     let e = Keys::new(&config).err().unwrap();
     assert!(e.starts_with("key[0].sha256"), "{e}");
-}
-
-/// The plugin's futures never wait on I/O, so polling once to completion is enough here.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
 }

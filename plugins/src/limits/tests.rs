@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use sluice_core::limits::{StoreError, gcra};
 
 use super::*;
+use crate::test_support::block_on;
 
 /// A store with the memory store's semantics, kept here so the plugin is tested on its own.
 #[derive(Default)]
@@ -50,16 +51,6 @@ fn request(max_tokens: u64) -> Request {
         r#"{{"model":"m","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hello"}}]}}"#
     );
     Request::parse(Endpoint::ChatCompletions, &mut body.into_bytes()).unwrap()
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
 }
 
 #[test]
