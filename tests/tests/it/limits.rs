@@ -102,3 +102,40 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
     assert_eq!(h["status"], "degraded");
     assert!(h["redis"].as_str().unwrap().starts_with("unreachable"));
 }
+
+#[tokio::test]
+async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\nteam = {{ rpm = 100 }}\n",
+        prefix()
+    );
+    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let started = std::time::Instant::now();
+    let client = crate::client();
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let url = if i % 2 == 0 { a.url("/v1/chat/completions") } else { b.url("/v1/chat/completions") };
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client.post(url).bearer_auth(crate::KEY).json(&chat_body("m")).send().await.unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // What the bucket holds (100) plus what refilled while the test ran (100 per minute).
+    let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as u64;
+    let bound = 100 + refilled;
+    assert!(admitted >= 100, "admitted {admitted}: the limit itself must be reachable");
+    assert!(admitted as f64 <= bound as f64 * 1.01, "admitted {admitted}, at most {bound} (+1 %)");
+    assert_eq!(mock.hits() as u64, admitted);
+}
