@@ -324,6 +324,11 @@ macro_rules! conformance {
             async fn json_mode_and_embeddings_are_served_or_clearly_refused() {
                 super::json_mode_and_embeddings(super::$provider().await).await;
             }
+
+            #[tokio::test]
+            async fn the_provider_is_probed_on_its_models_endpoint_with_its_key() {
+                super::probed(super::$provider().await).await;
+            }
         }
     )*};
 }
@@ -345,26 +350,4 @@ async fn probed(s: Subject) {
     assert_eq!(endpoint["last_probe"]["ok"], true, "{h}");
     assert_eq!(endpoint["healthy"], true);
     assert_eq!(h["status"], "ok");
-}
-
-mod probes {
-    #[tokio::test]
-    async fn openai_is_probed_on_models() {
-        super::probed(super::openai().await).await;
-    }
-
-    #[tokio::test]
-    async fn azure_is_probed_on_its_models_endpoint() {
-        super::probed(super::azure().await).await;
-    }
-
-    #[tokio::test]
-    async fn anthropic_is_probed_on_models_with_its_headers() {
-        super::probed(super::anthropic().await).await;
-    }
-
-    #[tokio::test]
-    async fn gemini_is_probed_on_models_with_its_key_header() {
-        super::probed(super::gemini().await).await;
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sluice_tests::gateway::TestGateway;
 use sluice_tests::openai::MockOpenAi;
 
 use crate::{chat_body, gateway_with_chain, openai_error, post};
@@ -57,15 +58,22 @@ fn prefix() -> String {
     format!("sluice-test-{}-{nanos}:", std::process::id())
 }
 
+/// Two gateway instances sharing the test Redis under a fresh key prefix, with `limits` as the
+/// body of their `[limits]` table.
+async fn two_instances(mock: &MockOpenAi, limits: &str) -> (TestGateway, TestGateway) {
+    let extra = format!(
+        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\n{limits}\n",
+        prefix()
+    );
+    let a = gateway_with_chain(&[mock], &[(0, "ok")], &extra).await;
+    let b = gateway_with_chain(&[mock], &[(0, "ok")], &extra).await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn two_instances_sharing_redis_share_one_limit() {
     let mock = MockOpenAi::start().await;
-    let extra = format!(
-        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\nteam = {{ rpm = 5 }}\n",
-        prefix()
-    );
-    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
-    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let (a, b) = two_instances(&mock, "team = { rpm = 5 }").await;
     let mut admitted = 0;
     for i in 0..8 {
         let gw = if i % 2 == 0 { &a } else { &b };
@@ -106,12 +114,7 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
 #[tokio::test]
 async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     let mock = MockOpenAi::start().await;
-    let extra = format!(
-        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\nteam = {{ rpm = 100 }}\n",
-        prefix()
-    );
-    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
-    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let (a, b) = two_instances(&mock, "team = { rpm = 100 }").await;
     let started = std::time::Instant::now();
     let client = crate::client();
     let tasks: Vec<_> = (0..300)

@@ -123,8 +123,7 @@ pub fn answer_for_anthropic(status: u16, body: &[u8]) -> Bytes {
     {
         return Bytes::from(anthropic::answer_to_anthropic(&answer).to_string());
     }
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let message = v.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or("provider error");
+    let message = crate::providers::openai::error_message(body);
     let e = sluice_core::GatewayError::new(sluice_core::ErrorKind::from_status(status), message);
     Bytes::from(e.to_anthropic_json())
 }
