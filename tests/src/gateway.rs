@@ -8,10 +8,20 @@ use std::time::{Duration, Instant};
 /// The provider key every test config reads with `api_key = "file:{dir}/provider.key"`.
 pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 
+/// The price of every model in a test config that sets no `[pricing]`: $1 per million prompt
+/// tokens, $2 per million completion tokens.
+pub const TEST_PRICING: &str = "\n[pricing.default]\ninput = \"1.00\"\noutput = \"2.00\"\n";
+
+/// The admin token every test gateway can use: `token = "file:{dir}/admin.token"`.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
+
 pub struct TestGateway {
     pub port: u16,
+    /// A free port reserved for `[admin] listen = "127.0.0.1:{admin_port}"`.
+    pub admin_port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    with_config: bool,
 }
 
 impl TestGateway {
@@ -36,38 +46,67 @@ impl TestGateway {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("sluice.toml");
         std::fs::write(dir.join("provider.key"), format!("{PROVIDER_KEY}\n")).expect("write key");
+        std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).expect("write token");
+        let admin_port = free_port();
         for (name, content) in files {
             std::fs::write(dir.join(name), content).expect("write file");
         }
         if let Some(config) = config {
-            std::fs::write(&path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+            let mut text = config
+                .replace("{dir}", &dir.display().to_string())
+                .replace("{admin_port}", &admin_port.to_string());
+            // Test configs route to made-up upstream models (`ok`, `fail-500`, ...), which have no
+            // price: they get one here unless the test prices its own.
+            if !text.contains("[pricing") {
+                text.push_str(TEST_PRICING);
+            }
+            std::fs::write(&path, text).expect("write config");
         }
+        let mut gw = Self { port: 0, admin_port, child: None, dir, with_config: config.is_some() };
+        gw.spawn(bin).await;
+        gw
+    }
+
+    /// Starts the process on a free port (a few tries) and waits until it is ready. Logs are
+    /// appended, so a restarted gateway's lines follow the first run's.
+    async fn spawn(&mut self, bin: &str) {
         for _ in 0..5 {
             let port = free_port();
             let mut command = Command::new(bin);
-            if config.is_some() {
-                command.arg("--config").arg(&path);
+            if self.with_config {
+                command.arg("--config").arg(self.dir.join("sluice.toml"));
             }
+            let log = |name: &str| {
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.join(name))
+                        .expect("log file"),
+                )
+            };
             let child = command
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .env("SLUICE_LOG", "warn")
-                .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).expect("log")))
-                .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log")))
+                .stdout(log("stdout.log"))
+                .stderr(log("stderr.log"))
                 .spawn()
                 .expect("spawn gateway");
-            let mut gw = Self { port, child: Some(child), dir: dir.clone() };
-            if gw.wait_ready().await {
-                return gw;
+            self.port = port;
+            self.child = Some(child);
+            if self.wait_ready().await {
+                return;
             }
-            gw.kill();
-            // The directory (config, logs) serves the next attempt: dropping `gw` must not remove it.
-            gw.dir = PathBuf::new();
+            self.kill();
         }
-        panic!(
-            "the gateway did not start; stderr:\n{}",
-            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-        );
+        panic!("the gateway did not start; stderr:\n{}", self.stderr());
+    }
+
+    /// Starts the gateway again after it exited: same config and directory, a new port.
+    pub async fn restart(&mut self, bin: &str) {
+        self.kill();
+        self.spawn(bin).await;
     }
 
     async fn wait_ready(&mut self) -> bool {
@@ -176,12 +215,18 @@ fn unsafe_kill(pid: i32, signal: i32) {
     }
 }
 
-fn free_port() -> u16 {
+#[expect(unsafe_code, reason = "geteuid is a plain libc call")]
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
 
-fn unique() -> u64 {
+pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)

@@ -19,5 +19,8 @@ pub mod anthropic;
 pub mod gateway;
 pub mod gemini;
 pub mod openai;
+pub mod postgres;
 pub mod server;
 pub mod tls;
+
+pub use gateway::{free_port, unique};

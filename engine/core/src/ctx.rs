@@ -9,6 +9,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
+use crate::money::Micros;
 use crate::usage::Usage;
 
 /// The inbound API a request was sent to.
@@ -81,6 +82,10 @@ pub struct RequestCtx {
     /// Upstream attempts made, fallbacks included.
     pub attempts: u32,
     pub usage: Option<Usage>,
+    /// What the request cost, from `usage` and the serving target's price (set when it ends).
+    pub cost: Option<Micros>,
+    /// The error code the client received, if any (`rate_limit_exceeded`, ...).
+    pub error_code: Option<String>,
     /// The HTTP status the client received.
     pub status: u16,
     /// Headers plugins add to the response, whatever it is (answers and errors alike).
@@ -103,6 +108,8 @@ impl RequestCtx {
             target: None,
             attempts: 0,
             usage: None,
+            cost: None,
+            error_code: None,
             status: 0,
             response_headers: Vec::new(),
             extensions: Extensions::default(),

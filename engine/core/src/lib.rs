@@ -11,13 +11,17 @@
 //! - [`error::GatewayError`]: every failure, with its HTTP status, OpenAI `type`/`code` and the
 //!   metric label; rendered in exactly one place by the engine.
 //! - [`usage::Usage`]: token counts, estimated or reported.
+//! - [`money`]: integer micro-dollars, prices, and the price table; [`record::CostRecord`]: the
+//!   ledger's line per request.
 //!
 //! There are no Pingora types here, so a plugin can be read, tested and fuzzed without a server.
 
 pub mod ctx;
 pub mod error;
 pub mod limits;
+pub mod money;
 pub mod plugin;
+pub mod record;
 pub mod secret;
 pub mod usage;
 pub mod wire;

@@ -5,9 +5,11 @@
 //! pools); [`providers`] knows how each vendor is reached; [`sse`] reads streams on the forwarding
 //! path; [`server`] wires Pingora; [`health`] and [`metrics`] are what operators watch.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod providers;

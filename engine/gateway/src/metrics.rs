@@ -16,6 +16,8 @@ pub struct Metrics {
     pub ttfb: HistogramVec,
     pub overhead: Histogram,
     pub tokens: IntCounterVec,
+    pub cost: IntCounterVec,
+    pub records: IntCounterVec,
     pub attempts: IntCounterVec,
     pub retries: IntCounterVec,
     pub circuit: IntGaugeVec,
@@ -52,6 +54,18 @@ impl Metrics {
             Opts::new("sluice_tokens_total", "Tokens by model, target and kind (prompt, completion)"),
             &["model", "target", "kind"],
         )?;
+        let cost = IntCounterVec::new(
+            Opts::new("sluice_cost_microdollars_total", "Cost in micro-dollars (1e-6 USD) by team and model"),
+            &["team", "model"],
+        )?;
+        let records = IntCounterVec::new(
+            Opts::new(
+                "sluice_records_total",
+                "Cost records by outcome: written (PostgreSQL), spooled (to disk, replayed later), \
+                 replayed, memory (no PostgreSQL configured), lost (could not even be spooled)",
+            ),
+            &["outcome"],
+        )?;
         let attempts = IntCounterVec::new(
             Opts::new("sluice_upstream_attempts_total", "Upstream attempts by target and outcome"),
             &["target", "outcome"],
@@ -69,10 +83,24 @@ impl Metrics {
         registry.register(Box::new(ttfb.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(circuit.clone()))?;
-        Ok(Self { registry, requests, latency, ttfb, overhead, tokens, attempts, retries, circuit })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            ttfb,
+            overhead,
+            tokens,
+            cost,
+            records,
+            attempts,
+            retries,
+            circuit,
+        })
     }
 
     pub fn observe_ttfb(&self, target: &str, d: Duration) {

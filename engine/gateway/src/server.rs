@@ -80,6 +80,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     });
     drop(rt);
 
+    // The ledger's writer starts before the listener: no record is taken before it can be kept.
+    let ledger = gateway.ledger.start()?;
+    let gateway_ledger = gateway.ledger.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
     let conf = ServerConf {
@@ -100,7 +103,18 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         tls_settings.enable_h2();
         proxy.add_tls_with_settings(&tls.listen, None, tls_settings);
     }
+    let admin = settings
+        .admin
+        .as_ref()
+        .map(|(listen, token)| (listen.clone(), crate::admin::AdminApi::new(token, gateway_ledger.clone())));
     server.add_service(proxy);
+    if let Some((admin_listen, api)) = admin {
+        let mut svc = pingora::services::listening::Service::new("admin".into(), api);
+        svc.add_tcp(&admin_listen);
+        svc.threads = Some(1);
+        server.add_service(svc);
+        log::info!("admin API listening on {admin_listen}");
+    }
     for (i, lb) in pools.into_iter().enumerate() {
         let mut svc = background_service(&format!("endpoints-{i}"), Upkeep(lb));
         svc.threads = Some(1);
@@ -109,6 +123,7 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     log::info!("sluice listening on {listen} with {threads} threads");
     crate::logging::start_access_flusher();
     server.run(RunArgs { shutdown_signal: Box::new(Drain { lifecycle, grace: settings.shutdown_grace }) });
+    ledger.finish();
     crate::logging::flush_access();
     Ok(())
 }

@@ -26,6 +26,7 @@ fn every_file_in_conf_passes_check_config() {
             .env("AZURE_OPENAI_API_KEY", "example")
             .env("ANTHROPIC_API_KEY", "example")
             .env("GEMINI_API_KEY", "example")
+            .env("SLUICE_ADMIN_TOKEN", "example")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
@@ -49,6 +50,12 @@ fn a_bad_file_fails_with_the_key_path_and_a_sentence() {
             "providers.x.api_key",
         ),
         ("[routing]\ncooldown = \"soon\"\n", "routing.cooldown"),
+        (
+            "[providers.x]\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\napi_key = \"env:HOME\"\n\
+             [models.a]\ntargets = [{ provider = \"x\", model = \"gpt-4o\" }, { provider = \"x\", model = \"my-finetune\" }]\n",
+            "models.a.targets[1].model: `my-finetune` has no price",
+        ),
+        ("[pricing.models.m]\ninput = \"1.5.0\"\noutput = \"1\"\n", "pricing.models.m.input"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));

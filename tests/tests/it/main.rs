@@ -14,6 +14,7 @@ mod config;
 mod conformance;
 mod fallback;
 mod gemini;
+mod ledger;
 mod limits;
 mod messages;
 mod observability;

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use sluice_plugins::keys::KeysConfig;
 use sluice_plugins::limits::LimitsConfig;
 
+use super::pricing::PricingFile;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
@@ -28,6 +30,71 @@ pub struct ConfigFile {
     pub keys: KeysConfig,
     /// Plugin `limits`: requests and tokens per minute per org, team and app (off when absent).
     pub limits: Option<LimitsConfig>,
+    /// The price table every request's cost is computed with.
+    #[serde(default)]
+    pub pricing: PricingFile,
+    /// The admin API's own listener (off when absent).
+    pub admin: Option<AdminFile>,
+    /// The cost-record pipeline (queue, batches, spool).
+    #[serde(default)]
+    pub records: RecordsFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Keep it off the public interface, e.g. `127.0.0.1:9090`.
+    pub listen: String,
+    /// `env:NAME` or `file:PATH`: the bearer token every admin call must present.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsFile {
+    /// Where records wait while PostgreSQL is down (created at start; must be writable).
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    /// Records the in-process queue holds before spilling to the spool.
+    #[serde(default = "default_records_queue")]
+    pub queue: usize,
+    /// Records per INSERT.
+    #[serde(default = "default_records_batch")]
+    pub batch: usize,
+    /// How often a lost PostgreSQL connection is retried.
+    #[serde(default = "default_records_retry")]
+    pub retry_interval: String,
+    /// Without PostgreSQL: how many of the latest records are kept in memory.
+    #[serde(default = "default_memory_records")]
+    pub memory_records: usize,
+}
+
+impl Default for RecordsFile {
+    fn default() -> Self {
+        Self {
+            spool_dir: default_spool_dir(),
+            queue: default_records_queue(),
+            batch: default_records_batch(),
+            retry_interval: default_records_retry(),
+            memory_records: default_memory_records(),
+        }
+    }
+}
+
+fn default_spool_dir() -> String {
+    "sluice-spool".into()
+}
+fn default_records_queue() -> usize {
+    10_000
+}
+fn default_records_batch() -> usize {
+    500
+}
+fn default_records_retry() -> String {
+    "2s".into()
+}
+fn default_memory_records() -> usize {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +119,9 @@ pub struct StateFile {
     /// `redis://host:port[/db]` (or `rediss://` for TLS), or a reference `env:NAME` / `file:PATH`
     /// when it carries a password. Limits are shared by every instance using the same Redis.
     pub redis: Option<String>,
+    /// `postgres://user@host:port/db` (or a reference `env:NAME` / `file:PATH`): the cost ledger.
+    /// Without it, records are kept in memory only.
+    pub postgres: Option<String>,
     /// Prefix of every Redis key Sluice writes.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,

@@ -6,6 +6,7 @@
 //! embedded `conf/default.toml` is used: in-memory state and the built-in mock provider.
 
 pub mod file;
+pub mod pricing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use sluice_core::secret::Secret;
 use sluice_plugins::{PluginsConfig, Stores};
 
+use crate::ledger::{Ledger, LedgerSettings};
 use crate::metrics::Metrics;
 use crate::providers::{Dialect, HttpUpstream, Provider, Transport, mock::Mock};
 use crate::proxy::Gateway;
@@ -37,6 +39,8 @@ pub struct Settings {
     pub tls: Option<file::TlsFile>,
     pub max_attempts: u32,
     pub cooldown: Duration,
+    /// The admin API: its listen address and token.
+    pub admin: Option<(String, Secret)>,
 }
 
 /// Parses a TOML document; `origin` names it in errors.
@@ -54,6 +58,12 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         tls: file.server.tls.clone(),
         max_attempts: file.routing.max_attempts.max(1),
         cooldown: duration(&file.routing.cooldown, "routing.cooldown")?,
+        admin: match &file.admin {
+            Some(a) => {
+                Some((a.listen.clone(), Secret::resolve(&a.token).map_err(|e| format!("admin.token: {e}"))?))
+            }
+            None => None,
+        },
     };
     if settings.max_body_bytes == 0 {
         return Err("server.max_body_bytes: must be above 0".into());
@@ -62,6 +72,14 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     for (name, p) in &file.providers {
         let provider = provider(name, p).map_err(|e| format!("providers.{name}.{e}"))?;
         providers.insert(name.clone(), Arc::new(provider));
+    }
+    let prices = pricing::load(&file.pricing)?;
+    if let Some(age) = pricing::age_days(&prices.as_of).filter(|days| *days > 180) {
+        log::warn!(
+            "the price table ({}) is {age} days old (as of {}): check it against the providers' prices",
+            prices.origin,
+            prices.as_of
+        );
     }
     let mut routes = BTreeMap::new();
     for (alias, model) in &file.models {
@@ -92,6 +110,14 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                 if t.weight == 0 {
                     return Err(format!("models.{alias}.targets[{i}].weight: must be at least 1"));
                 }
+                // The mock provider is free unless priced; every real model needs a price.
+                if provider.kind != ProviderKind::Mock && prices.pricing.price(&t.model).is_none() {
+                    return Err(format!(
+                        "models.{alias}.targets[{i}].model: `{}` has no price in {} (as of {}); add \
+                         [pricing.models.\"{}\"] or a conservative [pricing.default] — nothing is free by accident",
+                        t.model, prices.origin, prices.as_of, t.model
+                    ));
+                }
                 targets.push(Arc::new(Target::new(
                     provider.clone(),
                     t.model.clone(),
@@ -121,14 +147,42 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         None => (Arc::new(MemoryLimits::default()), None),
     };
     let stores = Stores { limits: limits_store };
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let postgres = match &file.state.postgres {
+        Some(reference) if reference.starts_with("env:") || reference.starts_with("file:") => {
+            Some(Secret::resolve(reference).map_err(|e| format!("state.postgres: {e}"))?.expose().to_owned())
+        }
+        Some(url) => Some(url.clone()),
+        None => None,
+    };
+    if let Some(url) = &postgres {
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("state.postgres: not a PostgreSQL URL: {e}"))?;
+    }
+    let records = &file.records;
+    if records.queue == 0 || records.batch == 0 {
+        return Err("records: queue and batch must be above 0".into());
+    }
+    let ledger = Arc::new(Ledger::new(
+        LedgerSettings {
+            postgres,
+            spool_dir: records.spool_dir.clone().into(),
+            queue: records.queue,
+            batch: records.batch,
+            retry_interval: duration(&records.retry_interval, "records.retry_interval")?,
+            memory_records: records.memory_records.max(1),
+        },
+        metrics.records.clone(),
+    ));
     let plugins = sluice_plugins::chain(
         &PluginsConfig { keys: file.keys.clone(), limits: file.limits.clone() },
         &stores,
     )?;
-    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     Ok(Gateway {
         settings,
         router: Router { routes },
+        pricing: Arc::new(prices.pricing),
+        ledger,
         plugins,
         metrics,
         lifecycle: Default::default(),

@@ -33,6 +33,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use serde_json::json;
 use sluice_core::ctx::Endpoint;
+use sluice_core::money::{Micros, Pricing};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, Flow, GatewayError, Plugin, RequestCtx};
 
@@ -46,6 +47,10 @@ use inbound::RouteKind;
 pub struct Gateway {
     pub settings: Settings,
     pub router: Router,
+    /// Prices by upstream model: every request's cost.
+    pub pricing: Arc<Pricing>,
+    /// Where every API request's cost record goes.
+    pub ledger: Arc<crate::ledger::Ledger>,
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
@@ -138,6 +143,14 @@ impl ProxyHttp for Gateway {
         if ctx.core.status == 0 {
             ctx.core.status = session.response_written().map_or(0, |h| h.status.as_u16());
         }
+        if let (Some(usage), Some(target)) = (&ctx.core.usage, &ctx.core.target) {
+            // Unpriced models are refused by configuration; only the mock provider can be unpriced.
+            let price = self.pricing.price(&target.upstream_model);
+            ctx.core.cost = Some(price.map_or(Micros(0), |p| p.cost(usage)));
+        }
+        if let Some(error) = &ctx.error {
+            ctx.core.error_code = Some(error.code.unwrap_or(error.kind.label()).to_owned());
+        }
         for plugin in &self.plugins {
             plugin.on_complete(&ctx.core).await;
         }
@@ -170,6 +183,16 @@ impl Gateway {
                     let up = up.load(std::sync::atomic::Ordering::Relaxed);
                     body["redis"] =
                         if up { "ok" } else { "unreachable: limits enforced per instance" }.into();
+                    if !up && body["status"] == "ok" {
+                        body["status"] = "degraded".into();
+                    }
+                }
+                if let Some((up, spooled)) = self.ledger.health() {
+                    body["postgres"] = if up {
+                        "ok".into()
+                    } else {
+                        format!("unreachable: cost records are spooled to disk ({spooled} waiting)").into()
+                    };
                     if !up && body["status"] == "ok" {
                         body["status"] = "degraded".into();
                     }

@@ -1,8 +1,10 @@
-//! The `logging` phase's output: metrics and the one access-log line of a finished request.
+//! The `logging` phase's output: metrics, the one access-log line and, for API requests, the cost
+//! record of a finished request.
 
 use pingora::Error;
 use pingora::proxy::Session;
 use serde::Serialize;
+use sluice_core::record::CostRecord;
 
 use super::{Ctx, Gateway};
 
@@ -28,6 +30,7 @@ struct AccessLine<'a> {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     usage_estimated: Option<bool>,
+    cost_usd: Option<String>,
     key_id: Option<&'a str>,
     team: Option<&'a str>,
     app: Option<&'a str>,
@@ -51,10 +54,15 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     m.latency.with_label_values(&[ctx.route_label, model]).observe(elapsed.as_secs_f64());
     if ctx.route_label.starts_with("/v1/") {
         m.overhead.observe(overhead.as_secs_f64());
+        gw.ledger.submit(cost_record(ctx, elapsed));
     }
     if let Some(u) = &core.usage {
         m.tokens.with_label_values(&[model, target, "prompt"]).inc_by(u.prompt_tokens);
         m.tokens.with_label_values(&[model, target, "completion"]).inc_by(u.completion_tokens);
+    }
+    if let Some(cost) = core.cost {
+        let team = core.identity.as_ref().map_or("", |i| i.team.as_str());
+        m.cost.with_label_values(&[team, model]).inc_by(cost.0);
     }
     if core.attempts > 1 {
         m.retries.with_label_values(&[model]).inc_by(u64::from(core.attempts - 1));
@@ -85,6 +93,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
         prompt_tokens: core.usage.map(|u| u.prompt_tokens),
         completion_tokens: core.usage.map(|u| u.completion_tokens),
         usage_estimated: core.usage.map(|u| u.estimated),
+        cost_usd: core.cost.map(|c| c.usd()),
         key_id: identity.map(|i| i.key_id.as_str()),
         team: identity.map(|i| i.team.as_str()),
         app: identity.map(|i| i.app.as_str()),
@@ -92,4 +101,44 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
         client: session.client_addr().map(|a| a.to_string()),
     };
     crate::logging::access(&line);
+}
+
+/// The ledger's record of an API request: whatever its outcome, unauthenticated ones included.
+fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
+    let core = &ctx.core;
+    let identity = core.identity.as_ref();
+    let target = core.target.as_ref();
+    let usage = core.usage.unwrap_or_default();
+    let owned = |s: &String| s.clone();
+    CostRecord {
+        id: format!("rec_{:032x}", rand::random::<u128>()),
+        request_id: core.request_id.clone(),
+        ts_us: core
+            .received_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        org: identity.map(|i| owned(&i.org)),
+        team: identity.map(|i| owned(&i.team)),
+        app: identity.map(|i| owned(&i.app)),
+        key_id: identity.map(|i| owned(&i.key_id)),
+        user: identity.and_then(|i| i.user.clone()),
+        endpoint: core.endpoint.map_or("other", |e| e.path()).to_owned(),
+        model: core.model.clone(),
+        provider: target.map(|t| owned(&t.provider)),
+        target: target.map(|t| owned(&t.name)),
+        upstream_model: target.map(|t| owned(&t.upstream_model)),
+        region: target.and_then(|t| t.region.clone()),
+        status: core.status,
+        error: core.error_code.clone(),
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        usage_estimated: usage.estimated,
+        cost: core.cost.unwrap_or_default(),
+        latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        attempts: core.attempts,
+        stream: core.stream,
+        cache: "miss".to_owned(),
+    }
 }

@@ -1,0 +1,166 @@
+//! The price table: the embedded `conf/pricing.toml` (or `[pricing] file`), plus the config's own
+//! `[pricing.models.*]` entries and optional `[pricing.default]`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sluice_core::money::{Micros, Price, Pricing};
+
+/// The embedded price table.
+pub const PRICING_TOML: &str = include_str!("../../../../conf/pricing.toml");
+
+/// A price table file (`conf/pricing.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTableFile {
+    /// The day the prices were read off the providers' pages (`YYYY-MM-DD`).
+    pub as_of: String,
+    pub source: String,
+    #[serde(default)]
+    pub models: BTreeMap<String, PriceFile>,
+}
+
+/// One model's price: dollars per million tokens, as decimal strings (`"2.50"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceFile {
+    pub input: String,
+    pub output: String,
+    pub cached_input: Option<String>,
+    pub reasoning: Option<String>,
+}
+
+/// `[pricing]` in the gateway's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingFile {
+    /// A price table replacing the embedded one.
+    pub file: Option<String>,
+    /// The price of every routed model the table does not know. Without it, such a model fails
+    /// validation: nothing is free by accident.
+    pub default: Option<PriceFile>,
+    /// Entries added to (or replacing those of) the table.
+    #[serde(default)]
+    pub models: BTreeMap<String, PriceFile>,
+}
+
+impl PriceFile {
+    fn parse(&self, key: &str) -> Result<Price, String> {
+        let usd =
+            |field: &str, text: &str| Micros::parse_usd(text).map_err(|e| format!("{key}.{field}: {e}"));
+        let input = usd("input", &self.input)?;
+        let output = usd("output", &self.output)?;
+        Ok(Price {
+            input,
+            output,
+            cached_input: self
+                .cached_input
+                .as_deref()
+                .map(|t| usd("cached_input", t))
+                .transpose()?
+                .unwrap_or(input),
+            reasoning: self.reasoning.as_deref().map(|t| usd("reasoning", t)).transpose()?.unwrap_or(output),
+        })
+    }
+}
+
+/// The loaded table, with where it came from (for messages).
+#[derive(Debug, Clone)]
+pub struct LoadedPricing {
+    pub pricing: Pricing,
+    pub as_of: String,
+    pub origin: String,
+}
+
+pub fn load(config: &PricingFile) -> Result<LoadedPricing, String> {
+    let (text, origin) = match &config.file {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| format!("pricing.file: cannot read {path}: {e}"))?,
+            path.clone(),
+        ),
+        None => (PRICING_TOML.to_owned(), "the embedded conf/pricing.toml".to_owned()),
+    };
+    let table: PriceTableFile = toml::from_str(&text).map_err(|e| format!("pricing.file: {origin}: {e}"))?;
+    if !is_date(&table.as_of) {
+        return Err(format!(
+            "pricing.file: {origin}: as_of: `{}` is not a date like 2025-08-15",
+            table.as_of
+        ));
+    }
+    let mut prices = BTreeMap::new();
+    for (model, p) in &table.models {
+        prices.insert(model.clone(), p.parse(&format!("pricing.file: {origin}: models.{model}"))?);
+    }
+    for (model, p) in &config.models {
+        prices.insert(model.clone(), p.parse(&format!("pricing.models.{model}"))?);
+    }
+    let default = config.default.as_ref().map(|d| d.parse("pricing.default")).transpose()?;
+    Ok(LoadedPricing { pricing: Pricing::new(prices, default), as_of: table.as_of, origin })
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Days from `as_of` (`YYYY-MM-DD`) to now, for the staleness warning.
+pub fn age_days(as_of: &str) -> Option<i64> {
+    let y: i64 = as_of.get(0..4)?.parse().ok()?;
+    let m: i64 = as_of.get(5..7)?.parse().ok()?;
+    let d: i64 = as_of.get(8..10)?.parse().ok()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(now / 86_400 - days_from_civil(y, m, d))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_table_loads_and_prices_the_common_models() {
+        let loaded = load(&PricingFile::default()).unwrap();
+        for model in ["gpt-4o-mini", "gpt-4o-2024-08-06", "claude-3-5-haiku-latest", "gemini-2.0-flash-001"] {
+            assert!(loaded.pricing.price(model).is_some(), "{model}");
+        }
+        assert_eq!(loaded.pricing.price("gpt-4o-mini").unwrap().input, Micros(150_000));
+        assert!(!loaded.pricing.has_default());
+    }
+
+    #[test]
+    fn config_entries_override_and_errors_name_the_key() {
+        let mut config = PricingFile::default();
+        config.models.insert(
+            "gpt-4o-mini".into(),
+            PriceFile { input: "1".into(), output: "2".into(), cached_input: None, reasoning: None },
+        );
+        let loaded = load(&config).unwrap();
+        let p = loaded.pricing.price("gpt-4o-mini").unwrap();
+        assert_eq!(
+            (p.input, p.cached_input, p.reasoning),
+            (Micros(1_000_000), Micros(1_000_000), Micros(2_000_000))
+        );
+        config.default =
+            Some(PriceFile { input: "x".into(), output: "1".into(), cached_input: None, reasoning: None });
+        assert!(load(&config).unwrap_err().starts_with("pricing.default.input"));
+    }
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2026, 11, 30), 20_787);
+        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
+    }
+}
