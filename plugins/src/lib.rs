@@ -9,8 +9,10 @@
 use std::sync::Arc;
 
 use sluice_core::Plugin;
+use sluice_core::budgets::{Notifier, SpendStore};
 use sluice_core::limits::LimitStore;
 
+pub mod budgets;
 pub mod keys;
 pub mod limits;
 
@@ -21,20 +23,30 @@ pub struct PluginsConfig {
     pub keys: keys::KeysConfig,
     /// `None`: no `[limits]` table, the plugin is off.
     pub limits: Option<limits::LimitsConfig>,
+    /// `None`: no `[budgets]` table, the plugin is off.
+    pub budgets: Option<budgets::BudgetsConfig>,
 }
 
 /// The state stores plugins keep their counters in, chosen by the gateway's configuration.
 pub struct Stores {
     pub limits: Arc<dyn LimitStore>,
+    pub spend: Arc<dyn SpendStore>,
+    /// Where notices (budget warnings) go.
+    pub notifier: Arc<dyn Notifier>,
 }
 
-/// Builds the plugin chain in its one fixed order: keys → limits → (residency, budgets, pii, cache
+/// Builds the plugin chain in its one fixed order: keys → limits → budgets → (residency, pii, cache
 /// as they arrive). Errors name the config key at fault.
 pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let keys = keys::Keys::new(&config.keys).map_err(|e| format!("keys.{e}"))?;
     let mut chain: Vec<Arc<dyn Plugin>> = vec![Arc::new(keys)];
     if let Some(limits) = &config.limits {
         chain.push(Arc::new(limits::Limits::new(limits.clone(), stores.limits.clone())));
+    }
+    if let Some(budgets) = &config.budgets {
+        let plugin = budgets::Budgets::new(budgets, stores.spend.clone(), stores.notifier.clone())
+            .map_err(|e| format!("budgets.{e}"))?;
+        chain.push(Arc::new(plugin));
     }
     Ok(chain)
 }

@@ -22,5 +22,6 @@ pub mod openai;
 pub mod postgres;
 pub mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use gateway::{free_port, unique};

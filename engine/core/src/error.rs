@@ -22,6 +22,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// 429: a limit of ours or of the provider.
     RateLimited,
+    /// 429 with OpenAI's `insufficient_quota` type: a spending budget is used up.
+    InsufficientQuota,
     /// 502: every target failed with an error or a bad answer.
     BadGateway,
     /// 503: no target could be tried (all circuits open, all endpoints down).
@@ -42,7 +44,7 @@ impl ErrorKind {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::InsufficientQuota => 429,
             Self::BadGateway => 502,
             Self::Unavailable => 503,
             Self::GatewayTimeout => 504,
@@ -61,6 +63,7 @@ impl ErrorKind {
             | Self::PayloadTooLarge => "invalid_request_error",
             Self::PermissionDenied => "permission_error",
             Self::RateLimited => "rate_limit_error",
+            Self::InsufficientQuota => "insufficient_quota",
             Self::BadGateway | Self::Unavailable | Self::GatewayTimeout | Self::Internal => "api_error",
         }
     }
@@ -90,6 +93,7 @@ impl ErrorKind {
             Self::NotFound => "not_found_error",
             Self::PayloadTooLarge => "request_too_large",
             Self::RateLimited => "rate_limit_error",
+            Self::InsufficientQuota => "billing_error",
             Self::Unavailable => "overloaded_error",
             Self::BadGateway | Self::GatewayTimeout | Self::Internal => "api_error",
         }
@@ -105,6 +109,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
+            Self::InsufficientQuota => "insufficient_quota",
             Self::BadGateway => "bad_gateway",
             Self::Unavailable => "unavailable",
             Self::GatewayTimeout => "gateway_timeout",

@@ -16,6 +16,8 @@
 //!
 //! There are no Pingora types here, so a plugin can be read, tested and fuzzed without a server.
 
+pub mod budgets;
+pub mod calendar;
 pub mod ctx;
 pub mod error;
 pub mod limits;

@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+use crate::ledger::Ledger;
+use crate::ledger::reader::Reader;
+use crate::ledger::spend::SpendQuery;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -13,23 +16,17 @@ use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 use sluice_core::secret::Secret;
 use sluice_core::{ErrorKind, GatewayError};
-use tokio::sync::Mutex;
-use tokio_postgres::Client;
-
-use crate::ledger::spend::SpendQuery;
-use crate::ledger::{Ledger, postgres};
 
 pub struct AdminApi {
     /// SHA-256 of the admin token: compared in constant time, never kept in clear.
     token_hash: [u8; 32],
     ledger: Arc<Ledger>,
-    /// A connection for queries, opened on first use and dropped on error.
-    pg: Mutex<Option<Client>>,
+    reader: Option<Arc<Reader>>,
 }
 
 impl AdminApi {
-    pub fn new(token: &Secret, ledger: Arc<Ledger>) -> Self {
-        Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, pg: Mutex::new(None) }
+    pub fn new(token: &Secret, ledger: Arc<Ledger>, reader: Option<Arc<Reader>>) -> Self {
+        Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, reader }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -54,24 +51,13 @@ impl AdminApi {
             return Ok(q.render(&rows, 0));
         }
         let pending = self.ledger.health().map_or(0, |(_, pending)| pending);
-        let url = self.ledger.postgres_url().unwrap_or_default();
-        let mut pg = self.pg.lock().await;
-        if pg.is_none() {
-            let client = postgres::connect(url, std::time::Duration::from_secs(3)).await.map_err(|e| {
-                GatewayError::new(ErrorKind::Unavailable, format!("The ledger is unavailable: {e}"))
-            })?;
-            *pg = Some(client);
-        }
-        let Some(client) = pg.as_ref() else {
-            return Err(GatewayError::internal("no ledger connection"));
+        let Some(reader) = &self.reader else {
+            return Err(GatewayError::internal("the ledger has no reader"));
         };
-        match postgres::spend(client, &q).await {
-            Ok(rows) => Ok(q.render(&rows, pending)),
-            Err(e) => {
-                *pg = None;
-                Err(GatewayError::new(ErrorKind::Unavailable, format!("The ledger query failed: {e}")))
-            }
-        }
+        let rows = reader.spend(&q).await.map_err(|e| {
+            GatewayError::new(ErrorKind::Unavailable, format!("The ledger is unavailable: {e}"))
+        })?;
+        Ok(q.render(&rows, pending))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

@@ -83,6 +83,10 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     // The ledger's writer starts before the listener: no record is taken before it can be kept.
     let ledger = gateway.ledger.start()?;
     let gateway_ledger = gateway.ledger.clone();
+    let gateway_reader = gateway.reader.clone();
+    if let Some(webhook) = &gateway.webhook {
+        webhook.start()?;
+    }
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
     let conf = ServerConf {
@@ -103,10 +107,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         tls_settings.enable_h2();
         proxy.add_tls_with_settings(&tls.listen, None, tls_settings);
     }
-    let admin = settings
-        .admin
-        .as_ref()
-        .map(|(listen, token)| (listen.clone(), crate::admin::AdminApi::new(token, gateway_ledger.clone())));
+    let admin = settings.admin.as_ref().map(|(listen, token)| {
+        (listen.clone(), crate::admin::AdminApi::new(token, gateway_ledger.clone(), gateway_reader.clone()))
+    });
     server.add_service(proxy);
     if let Some((admin_listen, api)) = admin {
         let mut svc = pingora::services::listening::Service::new("admin".into(), api);

@@ -27,6 +27,7 @@ fn every_file_in_conf_passes_check_config() {
             .env("ANTHROPIC_API_KEY", "example")
             .env("GEMINI_API_KEY", "example")
             .env("SLUICE_ADMIN_TOKEN", "example")
+            .env("SLUICE_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));

@@ -133,7 +133,7 @@ async fn every_request_success_failure_and_stream_lands_in_a_day_partition_of_po
     let today = {
         let days =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86_400;
-        sluice::ledger::postgres::date(days as i64).replace('-', "")
+        sluice_core::calendar::date(days as i64).replace('-', "")
     };
     assert_eq!(r.get::<_, String>(11), format!("cost_records_{today}"), "rows go to the day's partition");
     let r = row(stream_id).await;

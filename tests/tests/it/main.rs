@@ -10,6 +10,7 @@
 mod anthropic;
 mod api;
 mod azure;
+mod budgets;
 mod config;
 mod conformance;
 mod fallback;
@@ -51,6 +52,12 @@ pub async fn gateway_with_chain(mocks: &[&MockOpenAi], chain: &[(usize, &str)], 
         chain.iter().map(|(p, model)| format!("{{ provider = \"p{p}\", model = \"{model}\" }}")).collect();
     let models = format!("[models.m]\ntargets = [{}]\n{extra}", targets.join(", "));
     TestGateway::start(BIN, &config(&urls, &models)).await
+}
+
+/// A Redis key prefix no other test (or run) shares.
+pub fn redis_prefix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("sluice-test-{}-{nanos}:", std::process::id())
 }
 
 pub fn client() -> reqwest::Client {

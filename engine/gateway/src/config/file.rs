@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sluice_plugins::budgets::BudgetsConfig;
 use sluice_plugins::keys::KeysConfig;
 use sluice_plugins::limits::LimitsConfig;
 
@@ -33,11 +34,24 @@ pub struct ConfigFile {
     /// The price table every request's cost is computed with.
     #[serde(default)]
     pub pricing: PricingFile,
+    /// Plugin `budgets`: daily and monthly spending budgets per team and key (off when absent).
+    pub budgets: Option<BudgetsConfig>,
+    /// Where notices (budget warnings) go.
+    #[serde(default)]
+    pub notifications: NotificationsFile,
     /// The admin API's own listener (off when absent).
     pub admin: Option<AdminFile>,
     /// The cost-record pipeline (queue, batches, spool).
     #[serde(default)]
     pub records: RecordsFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsFile {
+    /// A Slack-compatible incoming webhook (`https://hooks.slack.com/...`), or a reference to one
+    /// (`env:NAME`, `file:PATH`). Without it, notices are only logged.
+    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,8 +15,10 @@ use std::time::Duration;
 use sluice_core::secret::Secret;
 use sluice_plugins::{PluginsConfig, Stores};
 
+use crate::ledger::reader::Reader;
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::metrics::Metrics;
+use crate::notify::Webhook;
 use crate::providers::{Dialect, HttpUpstream, Provider, Transport, mock::Mock};
 use crate::proxy::Gateway;
 use crate::routing::circuit::Circuit;
@@ -24,7 +26,10 @@ use crate::routing::endpoints::{EndpointInfo, EndpointPool, PeerSettings, ProbeS
 use crate::routing::{Route, Router, Target};
 use crate::stores::memory::MemoryLimits;
 use crate::stores::redis::RedisLimits;
+use crate::stores::spend::{MemorySpend, RedisSpend, Seeder};
 use file::{ConfigFile, ProviderKind, RankFile};
+use sluice_core::budgets::{NoNotifier, Notifier, SpendStore};
+use sluice_core::limits::LimitStore;
 
 /// The embedded default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../../../../conf/default.toml");
@@ -130,23 +135,6 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         }
         routes.insert(alias.clone(), Route { ranks });
     }
-    // Limit counters live in Redis when configured (shared by instances), else in memory.
-    let (limits_store, redis_healthy): (Arc<dyn sluice_core::limits::LimitStore>, _) = match &file.state.redis
-    {
-        Some(reference) => {
-            let url = if reference.starts_with("env:") || reference.starts_with("file:") {
-                Secret::resolve(reference).map_err(|e| format!("state.redis: {e}"))?.expose().to_owned()
-            } else {
-                reference.clone()
-            };
-            let store =
-                RedisLimits::new(&url, &file.state.key_prefix).map_err(|e| format!("state.redis: {e}"))?;
-            let healthy = store.healthy();
-            (Arc::new(store), Some(healthy))
-        }
-        None => (Arc::new(MemoryLimits::default()), None),
-    };
-    let stores = Stores { limits: limits_store };
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let postgres = match &file.state.postgres {
         Some(reference) if reference.starts_with("env:") || reference.starts_with("file:") => {
@@ -174,8 +162,44 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         },
         metrics.records.clone(),
     ));
+    // Budget counters are rebuilt from the ledger when they are missing (PostgreSQL only).
+    let reader = ledger.postgres_url().map(|url| Arc::new(Reader::new(url.to_owned())));
+    let seeder = reader.clone().map(|r| Arc::new(Seeder::new(r)));
+    // Limit and spend counters live in Redis when configured (shared by instances), else in memory.
+    let (limits_store, spend_store, redis_healthy): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
+        match &file.state.redis {
+            Some(reference) => {
+                let url = if reference.starts_with("env:") || reference.starts_with("file:") {
+                    Secret::resolve(reference).map_err(|e| format!("state.redis: {e}"))?.expose().to_owned()
+                } else {
+                    reference.clone()
+                };
+                let prefix = &file.state.key_prefix;
+                let limits = RedisLimits::new(&url, prefix).map_err(|e| format!("state.redis: {e}"))?;
+                let healthy = limits.healthy();
+                let spend = RedisSpend::new(&url, prefix, seeder, healthy.clone())
+                    .map_err(|e| format!("state.redis: {e}"))?;
+                (Arc::new(limits), Arc::new(spend), Some(healthy))
+            }
+            None => (Arc::new(MemoryLimits::default()), Arc::new(MemorySpend::new(seeder)), None),
+        };
+    let webhook = match &file.notifications.webhook {
+        Some(target) => {
+            Some(Arc::new(Webhook::new(target).map_err(|e| format!("notifications.webhook: {e}"))?))
+        }
+        None => None,
+    };
+    let notifier: Arc<dyn Notifier> = match &webhook {
+        Some(w) => w.clone(),
+        None => Arc::new(NoNotifier),
+    };
+    let stores = Stores { limits: limits_store, spend: spend_store, notifier };
     let plugins = sluice_plugins::chain(
-        &PluginsConfig { keys: file.keys.clone(), limits: file.limits.clone() },
+        &PluginsConfig {
+            keys: file.keys.clone(),
+            limits: file.limits.clone(),
+            budgets: file.budgets.clone(),
+        },
         &stores,
     )?;
     Ok(Gateway {
@@ -183,6 +207,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         router: Router { routes },
         pricing: Arc::new(prices.pricing),
         ledger,
+        reader,
+        webhook,
         plugins,
         metrics,
         lifecycle: Default::default(),

@@ -112,17 +112,7 @@ pub fn age_days(as_of: &str) -> Option<i64> {
     let m: i64 = as_of.get(5..7)?.parse().ok()?;
     let d: i64 = as_of.get(8..10)?.parse().ok()?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(now / 86_400 - days_from_civil(y, m, d))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(now / 86_400 - sluice_core::calendar::days_from_civil(y, m, d))
 }
 
 #[cfg(test)]
@@ -155,12 +145,5 @@ mod tests {
         config.default =
             Some(PriceFile { input: "x".into(), output: "1".into(), cached_input: None, reasoning: None });
         assert!(load(&config).unwrap_err().starts_with("pricing.default.input"));
-    }
-
-    #[test]
-    fn civil_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2026, 11, 30), 20_787);
-        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
     }
 }

@@ -16,6 +16,7 @@
 //! ledger is in memory (the embedded default), bounded to the latest `memory_records` records.
 
 pub mod postgres;
+pub mod reader;
 pub mod spend;
 pub mod spool;
 

@@ -7,11 +7,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_core::record::CostRecord;
 use tokio_postgres::{Client, NoTls};
 
+use sluice_core::calendar::date;
+
 use super::spend::{SpendQuery, SpendRow};
 
 /// The schema's versions, applied in order, each once (`sluice_migrations` records them).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "cost_records", include_str!("../../../../conf/migrations/0001_cost_records.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "cost_records", include_str!("../../../../conf/migrations/0001_cost_records.sql")),
+    (
+        2,
+        "cost_records_key_index",
+        include_str!("../../../../conf/migrations/0002_cost_records_key_index.sql"),
+    ),
+];
 
 /// Advisory lock keys: migrations and partition creation run one instance at a time.
 const MIGRATION_LOCK: i64 = 0x51u64 as i64 * 1_000_003;
@@ -197,40 +205,5 @@ fn time(us: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(us as u64)
     } else {
         UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
-    }
-}
-
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-pub fn date(day: i64) -> String {
-    let (y, m, d) = civil_from_days(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Howard Hinnant's inverse of `days_from_civil`.
-pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_of_day_numbers() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(20_787), "2026-11-30");
-        assert_eq!(date(11_016), "2000-02-29");
-        for day in [0, 59, 60, 11_016, 20_787, 30_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(crate::config::pricing::days_from_civil(y, m, d), day);
-        }
     }
 }

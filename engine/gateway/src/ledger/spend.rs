@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 use sluice_core::money::Micros;
 use sluice_core::record::CostRecord;
 
-use super::postgres::{civil_from_days, date};
-use crate::config::pricing::days_from_civil;
+use sluice_core::calendar::{civil_from_days, date, days_from_civil, month_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dimension {
@@ -128,12 +127,7 @@ impl SpendQuery {
                 let monday = day - (day + 3).rem_euclid(7);
                 (monday, monday + 7)
             }
-            "month" => {
-                let (y, m, _) = civil_from_days(day);
-                let first = days_from_civil(y, m, 1);
-                let next = if m == 12 { days_from_civil(y + 1, 1, 1) } else { days_from_civil(y, m + 1, 1) };
-                (first, next)
-            }
+            "month" => month_of(day),
             _ => (day, day + 1),
         };
         Ok(Self { group_by, period, from_day, to_day, filters })

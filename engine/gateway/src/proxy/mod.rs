@@ -51,6 +51,10 @@ pub struct Gateway {
     pub pricing: Arc<Pricing>,
     /// Where every API request's cost record goes.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Reads the ledger in PostgreSQL (admin reports, budget counters rebuilt).
+    pub reader: Option<Arc<crate::ledger::reader::Reader>>,
+    /// The notices' webhook, when configured (started with the server).
+    pub webhook: Option<Arc<crate::notify::Webhook>>,
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,

@@ -73,6 +73,25 @@ thread_local! {
     static CLIENTS: RefCell<HashMap<String, Client>> = RefCell::new(HashMap::new());
 }
 
+/// This thread's connection to `url`, made on first use (commands wait for it, within their
+/// timeout). Shared by every store using the same Redis.
+pub fn thread_client(url: &str, config: &Config) -> Result<Client, StoreError> {
+    CLIENTS.with(|clients| {
+        if let Some(c) = clients.borrow().get(url) {
+            return Ok(c.clone());
+        }
+        let client = Builder::from_config(config.clone())
+            .with_connection_config(|c| c.connection_timeout = Duration::from_millis(500))
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()
+            .map_err(|e| StoreError(e.to_string()))?;
+        client.connect();
+        clients.borrow_mut().insert(url.to_owned(), client.clone());
+        Ok(client)
+    })
+}
+
 pub struct RedisLimits {
     url: String,
     config: Config,
@@ -103,22 +122,8 @@ impl RedisLimits {
         self.healthy.clone()
     }
 
-    /// This thread's connection, made on first use (commands wait for it, within their timeout).
     fn client(&self) -> Result<Client, StoreError> {
-        CLIENTS.with(|clients| {
-            if let Some(c) = clients.borrow().get(&self.url) {
-                return Ok(c.clone());
-            }
-            let client = Builder::from_config(self.config.clone())
-                .with_connection_config(|c| c.connection_timeout = Duration::from_millis(500))
-                .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
-                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-                .build()
-                .map_err(|e| StoreError(e.to_string()))?;
-            client.connect();
-            clients.borrow_mut().insert(self.url.clone(), client.clone());
-            Ok(client)
-        })
+        thread_client(&self.url, &self.config)
     }
 
     fn key(&self, key: &str) -> String {
