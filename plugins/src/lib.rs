@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use sluice_core::Plugin;
 use sluice_core::budgets::{Notifier, SpendStore};
+use sluice_core::keys::KeyStore;
 use sluice_core::limits::LimitStore;
 
 pub mod budgets;
@@ -33,12 +34,14 @@ pub struct Stores {
     pub spend: Arc<dyn SpendStore>,
     /// Where notices (budget warnings) go.
     pub notifier: Arc<dyn Notifier>,
+    /// Managed keys (PostgreSQL), when configured.
+    pub keys: Option<Arc<dyn KeyStore>>,
 }
 
 /// Builds the plugin chain in its one fixed order: keys → limits → budgets → (residency, pii, cache
 /// as they arrive). Errors name the config key at fault.
 pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
-    let keys = keys::Keys::new(&config.keys).map_err(|e| format!("keys.{e}"))?;
+    let keys = keys::Keys::new(&config.keys, stores.keys.clone()).map_err(|e| format!("keys.{e}"))?;
     let mut chain: Vec<Arc<dyn Plugin>> = vec![Arc::new(keys)];
     if let Some(limits) = &config.limits {
         chain.push(Arc::new(limits::Limits::new(limits.clone(), stores.limits.clone())));

@@ -47,6 +47,10 @@ pub struct Identity {
     pub user: Option<String>,
     /// Model aliases this key may use; `None` means every alias.
     pub allowed_models: Option<Vec<String>>,
+    /// Regions this key's traffic may go to; `None` means any.
+    pub allowed_regions: Option<Vec<String>>,
+    /// Tags of the key's traffic (e.g. `phi`), for residency rules.
+    pub tags: Vec<String>,
 }
 
 impl Identity {

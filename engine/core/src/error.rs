@@ -18,6 +18,8 @@ pub enum ErrorKind {
     NotFound,
     /// 405: a known route with the wrong method.
     MethodNotAllowed,
+    /// 409: the thing to create exists already (admin API).
+    Conflict,
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge,
     /// 429: a limit of ours or of the provider.
@@ -43,6 +45,7 @@ impl ErrorKind {
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::RateLimited | Self::InsufficientQuota => 429,
             Self::BadGateway => 502,
@@ -60,6 +63,7 @@ impl ErrorKind {
             | Self::Authentication
             | Self::NotFound
             | Self::MethodNotAllowed
+            | Self::Conflict
             | Self::PayloadTooLarge => "invalid_request_error",
             Self::PermissionDenied => "permission_error",
             Self::RateLimited => "rate_limit_error",
@@ -87,7 +91,7 @@ impl ErrorKind {
     /// Anthropic's `error.type` for this class (answers on `/v1/messages`).
     pub fn anthropic_type(self) -> &'static str {
         match self {
-            Self::InvalidRequest | Self::MethodNotAllowed => "invalid_request_error",
+            Self::InvalidRequest | Self::MethodNotAllowed | Self::Conflict => "invalid_request_error",
             Self::Authentication => "authentication_error",
             Self::PermissionDenied => "permission_error",
             Self::NotFound => "not_found_error",
@@ -107,6 +111,7 @@ impl ErrorKind {
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
             Self::InsufficientQuota => "insufficient_quota",

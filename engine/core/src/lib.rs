@@ -20,6 +20,7 @@ pub mod budgets;
 pub mod calendar;
 pub mod ctx;
 pub mod error;
+pub mod keys;
 pub mod limits;
 pub mod money;
 pub mod plugin;

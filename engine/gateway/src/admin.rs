@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
+use crate::db::Db;
+use crate::keystore::repo;
 use crate::ledger::Ledger;
-use crate::ledger::reader::Reader;
 use crate::ledger::spend::SpendQuery;
 use async_trait::async_trait;
 use http::Response;
@@ -21,11 +24,11 @@ pub struct AdminApi {
     /// SHA-256 of the admin token: compared in constant time, never kept in clear.
     token_hash: [u8; 32],
     ledger: Arc<Ledger>,
-    reader: Option<Arc<Reader>>,
+    reader: Option<Arc<Db>>,
 }
 
 impl AdminApi {
-    pub fn new(token: &Secret, ledger: Arc<Ledger>, reader: Option<Arc<Reader>>) -> Self {
+    pub fn new(token: &Secret, ledger: Arc<Ledger>, reader: Option<Arc<Db>>) -> Self {
         Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, reader }
     }
 
@@ -40,6 +43,101 @@ impl AdminApi {
         let Some(presented) = presented else { return false };
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         hash.iter().zip(self.token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    async fn route(
+        &self,
+        session: &mut ServerSession,
+        method: &str,
+        path: &str,
+        query: &str,
+    ) -> Result<(u16, Value), GatewayError> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+        let param = |name: &str| query_param(query, name);
+        match (method, segments.as_slice()) {
+            ("GET", ["spend"]) => Ok((200, self.spend(query).await?)),
+            ("POST", [kind @ ("orgs" | "teams" | "apps")]) => {
+                let body: Value = read_json(session).await?;
+                let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+                let id = text("id").ok_or_else(|| missing("id"))?;
+                let name = text("name").unwrap_or_else(|| id.clone());
+                let v = match *kind {
+                    "orgs" => self.db(async |c| repo::create_org(c, &id, &name).await).await?,
+                    "teams" => {
+                        let org = text("org").ok_or_else(|| missing("org"))?;
+                        self.db(async |c| repo::create_team(c, &id, &org, &name).await).await?
+                    }
+                    _ => {
+                        let team = text("team").ok_or_else(|| missing("team"))?;
+                        self.db(async |c| repo::create_app(c, &id, &team, &name).await).await?
+                    }
+                };
+                self.audit_log("create", &v);
+                Ok((201, v))
+            }
+            ("GET", [kind @ ("orgs" | "teams" | "apps")]) => {
+                let parent = match *kind {
+                    "teams" => param("org"),
+                    "apps" => param("team"),
+                    _ => None,
+                };
+                Ok((200, self.db(async |c| repo::list(c, kind, parent.as_deref()).await).await?))
+            }
+            ("POST", ["keys"]) => {
+                let new: repo::NewKey = serde_json::from_value(read_json(session).await?)
+                    .map_err(|e| GatewayError::invalid_request(format!("Invalid key request: {e}")))?;
+                let v = self.db(async |c| repo::issue_key(c, &new).await).await?;
+                self.audit_log("issue", &v);
+                Ok((201, v))
+            }
+            ("GET", ["keys"]) => {
+                let (app, team) = (param("app"), param("team"));
+                Ok((200, self.db(async |c| repo::list_keys(c, app.as_deref(), team.as_deref()).await).await?))
+            }
+            ("GET", ["keys", id]) => Ok((200, self.db(async |c| repo::get_key(c, id).await).await?)),
+            ("POST", ["keys", id, "revoke"]) => {
+                let v = self.db(async |c| repo::revoke_key(c, id).await).await?;
+                self.audit_log("revoke", &v);
+                Ok((200, v))
+            }
+            ("POST", ["keys", id, "rotate"]) => {
+                let body: Value = read_json(session).await?;
+                let grace = body.get("grace").and_then(Value::as_str).map(str::to_owned);
+                let v = self.db(async |c| repo::rotate_key(c, id, grace.as_deref()).await).await?;
+                self.audit_log("rotate", &v);
+                Ok((201, v))
+            }
+            (_, ["spend" | "orgs" | "teams" | "apps" | "keys", ..]) => Err(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("Method {method} is not allowed on {path}."),
+            )),
+            _ => Err(GatewayError::new(ErrorKind::NotFound, format!("Invalid URL ({method} {path})"))),
+        }
+    }
+
+    /// Runs an admin operation on the database.
+    async fn db(
+        &self,
+        f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<Value, GatewayError>,
+    ) -> Result<Value, GatewayError> {
+        let Some(db) = &self.reader else {
+            return Err(GatewayError::new(
+                ErrorKind::NotFound,
+                "Orgs, teams, apps and managed keys need PostgreSQL: set [state] postgres.",
+            ));
+        };
+        db.with(std::time::Duration::from_secs(5), async |c| Ok(f(c).await)).await.map_err(|e| {
+            GatewayError::new(ErrorKind::Unavailable, format!("The database is unavailable: {e}"))
+        })?
+    }
+
+    /// Admin actions go to the log (the audit trail proper arrives with the audit plugin).
+    fn audit_log(&self, action: &str, v: &Value) {
+        log::info!(
+            "admin: {action} {} {}",
+            v.get("object").and_then(Value::as_str).unwrap_or("?"),
+            v.get("id").and_then(Value::as_str).unwrap_or("?")
+        );
     }
 
     async fn spend(&self, query: &str) -> Result<serde_json::Value, GatewayError> {
@@ -74,17 +172,10 @@ impl ServeHttp for AdminApi {
             )
             .with_code("invalid_admin_token"))
         } else {
-            match (method.as_str(), path.as_str()) {
-                ("GET", "/admin/spend") => self.spend(&query).await,
-                (_, "/admin/spend") => Err(GatewayError::new(
-                    ErrorKind::MethodNotAllowed,
-                    format!("Method {method} is not allowed on {path}; use GET."),
-                )),
-                _ => Err(GatewayError::new(ErrorKind::NotFound, format!("Invalid URL ({method} {path})"))),
-            }
+            self.route(session, &method, &path, &query).await
         };
         let (status, body) = match result {
-            Ok(v) => (200, v.to_string().into_bytes()),
+            Ok((status, v)) => (status, v.to_string().into_bytes()),
             Err(e) => (e.status(), e.to_json()),
         };
         Response::builder()
@@ -94,4 +185,44 @@ impl ServeHttp for AdminApi {
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }
+}
+
+fn missing(field: &str) -> GatewayError {
+    GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
+        .with_param(field)
+        .with_code("missing_required_parameter")
+}
+
+/// Reads a JSON object body (at most 1 MiB); an empty body is `{}`.
+async fn read_json(session: &mut ServerSession) -> Result<Value, GatewayError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > 1 << 20 {
+                    return Err(GatewayError::new(ErrorKind::PayloadTooLarge, "The body is above 1 MiB."));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(GatewayError::invalid_request(format!("Cannot read the body: {e}"))),
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(GatewayError::invalid_request("The body must be a JSON object.")),
+        Err(e) => Err(GatewayError::invalid_request(format!("The body is not valid JSON: {e}"))
+            .with_code("invalid_json")),
+    }
+}
+
+/// One query parameter, `+` and `%XX` decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| crate::ledger::spend::percent_decode(v))
+    })
 }

@@ -1,10 +1,12 @@
-//! The command line: `sluice [--config FILE] [--listen ADDR]` and `sluice check-config FILE`.
+//! The command line: `sluice [--config FILE] [--listen ADDR]`, `sluice check-config FILE` and
+//! `sluice admin ...` (the admin API's client, in [`crate::admin_cli`]).
 
 use crate::config;
 
 const USAGE: &str = "usage:
   sluice [--config FILE] [--listen ADDR]   run the gateway (default: the embedded conf/default.toml)
-  sluice check-config FILE                 validate a configuration file and exit";
+  sluice check-config FILE                 validate a configuration file and exit
+  sluice admin ...                         call the admin API (sluice admin --help)";
 
 enum Command {
     Run { config: Option<String>, listen: Option<String> },
@@ -55,6 +57,13 @@ fn load(path: Option<&str>) -> Result<crate::proxy::Gateway, String> {
 pub fn main() -> i32 {
     crate::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("admin") {
+        if matches!(args.get(1).map(String::as_str), None | Some("-h" | "--help" | "help")) {
+            println!("usage:\n{}", crate::admin_cli::USAGE);
+            return 0;
+        }
+        return crate::admin_cli::main(&args[1..]);
+    }
     let command = match parse_args(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -6,9 +6,13 @@
 //! path; [`server`] wires Pingora; [`health`] and [`metrics`] are what operators watch.
 
 pub mod admin;
+pub mod admin_cli;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod health;
+pub mod http_client;
+pub mod keystore;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;

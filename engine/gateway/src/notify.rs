@@ -10,13 +10,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::http::RequestHeader;
 use serde_json::json;
 use sluice_core::budgets::{Notice, Notifier};
 use sluice_core::secret::Secret;
 use tokio::sync::mpsc;
 
-use crate::routing::endpoints::{EndpointInfo, PeerSettings, connector, peer};
+use crate::routing::endpoints::EndpointInfo;
 
 pub struct Webhook {
     target: EndpointInfo,
@@ -84,36 +83,9 @@ async fn deliver(target: &EndpointInfo, notice: &Notice) {
 
 /// One POST; the answer's status.
 async fn post(target: &EndpointInfo, body: Bytes) -> Result<u16, String> {
-    let timeout = Duration::from_secs(5);
-    let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+    crate::http_client::request("POST", target, &[], Some(body), Duration::from_secs(5))
         .await
-        .map_err(|e| format!("cannot resolve the webhook host: {e}"))?
-        .next()
-        .ok_or("the webhook host has no address")?;
-    let settings =
-        PeerSettings { connect_timeout: timeout, first_byte_timeout: timeout, idle_timeout: timeout };
-    let peer = peer(addr, target, &settings, None);
-    let (mut session, _) = connector().get_http_session(&peer).await.map_err(|e| e.to_string())?;
-    let path = if target.base_path.is_empty() { "/" } else { target.base_path.as_str() };
-    let mut req = RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
-    for (k, v) in [
-        ("host", target.authority()),
-        ("content-type", "application/json".to_owned()),
-        ("content-length", body.len().to_string()),
-        ("user-agent", "sluice".to_owned()),
-    ] {
-        req.insert_header(k, v).map_err(|e| e.to_string())?;
-    }
-    let exchange = async {
-        session.write_request_header(Box::new(req)).await.map_err(|e| e.to_string())?;
-        session.write_request_body(body, true).await.map_err(|e| e.to_string())?;
-        session.finish_request_body().await.map_err(|e| e.to_string())?;
-        session.read_response_header().await.map_err(|e| e.to_string())?;
-        let status = session.response_header().map_or(0, |h| h.status.as_u16());
-        while session.read_response_body().await.map_err(|e| e.to_string())?.is_some() {}
-        Ok::<u16, String>(status)
-    };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| "timed out".to_owned())?
+        .map(|(status, _)| status)
 }
 
 impl Notifier for Webhook {

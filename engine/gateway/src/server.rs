@@ -87,6 +87,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     if let Some(webhook) = &gateway.webhook {
         webhook.start()?;
     }
+    if let Some(keys) = &gateway.managed {
+        keys.start()?;
+    }
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
     let conf = ServerConf {

@@ -63,6 +63,8 @@ fn ctx() -> RequestCtx {
         app: "checkout".into(),
         user: None,
         allowed_models: None,
+        allowed_regions: None,
+        tags: Vec::new(),
     });
     c
 }

@@ -2,12 +2,33 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// `[[keys.key]]`: one entry per gateway key.
     #[serde(default)]
     pub key: Vec<KeyConfig>,
+    /// Managed keys (with `[state] postgres`): how often the whole cache is reloaded, as a safety
+    /// net under the change notifications.
+    #[serde(default = "default_refresh")]
+    pub refresh: String,
+    /// Managed keys: how often expiry reminders (14, 7, 1 days before) are checked.
+    #[serde(default = "default_reminder_interval")]
+    pub reminder_interval: String,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { key: Vec::new(), refresh: default_refresh(), reminder_interval: default_reminder_interval() }
+    }
+}
+
+fn default_refresh() -> String {
+    "60s".into()
+}
+
+fn default_reminder_interval() -> String {
+    "1h".into()
 }
 
 /// One gateway key and its owners.
@@ -28,4 +49,9 @@ pub struct KeyConfig {
     pub user: Option<String>,
     /// Model aliases this key may use; absent means all.
     pub models: Option<Vec<String>>,
+    /// Regions this key's traffic may go to; absent means any.
+    pub regions: Option<Vec<String>>,
+    /// Tags of the key's traffic (e.g. `phi`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }

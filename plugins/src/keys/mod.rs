@@ -1,18 +1,23 @@
 //! Plugin `keys`: who is calling.
 //!
-//! Resolves the presented gateway key to an [`Identity`] (key id, org, team, app) by its SHA-256,
-//! rejects missing or unknown keys with OpenAI's 401, and refuses models the key may not use with
-//! OpenAI's 404 `model_not_found`, so a caller cannot even learn that a model exists.
+//! Resolves the presented gateway key to an [`Identity`] (key id, org, team, app) by its SHA-256:
+//! first among the keys of the configuration file, then among the managed keys (issued through the
+//! admin API, kept in PostgreSQL, answered from the store's in-process cache). Missing, unknown,
+//! revoked and expired keys get OpenAI's 401; models the key may not use get OpenAI's 404
+//! `model_not_found`, so a caller cannot even learn that a model exists.
 
 mod config;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sluice_core::ctx::Endpoint;
+use sluice_core::keys::KeyStore;
 use sluice_core::secret::Secret;
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
@@ -25,11 +30,14 @@ type KeyHash = [u8; 32];
 
 pub struct Keys {
     by_hash: HashMap<KeyHash, Identity>,
+    managed: Option<Arc<dyn KeyStore>>,
+    /// The clock keys expire by (tests move it).
+    now: fn() -> SystemTime,
 }
 
 impl Keys {
     /// Builds the key table. Errors name the entry (`key[2].sha256: ...`).
-    pub fn new(config: &KeysConfig) -> Result<Self, String> {
+    pub fn new(config: &KeysConfig, managed: Option<Arc<dyn KeyStore>>) -> Result<Self, String> {
         let mut by_hash = HashMap::new();
         for (i, k) in config.key.iter().enumerate() {
             let hash = match (&k.sha256, &k.secret, &k.demo_key) {
@@ -52,12 +60,57 @@ impl Keys {
                 app: k.app.clone(),
                 user: k.user.clone(),
                 allowed_models: k.models.clone(),
+                allowed_regions: k.regions.clone(),
+                tags: k.tags.clone(),
             };
             if by_hash.insert(hash, identity).is_some() {
                 return Err(format!("key[{i}]: the same key is declared twice"));
             }
         }
-        Ok(Self { by_hash })
+        Ok(Self { by_hash, managed, now: SystemTime::now })
+    }
+
+    /// A managed key's identity, or why it is refused.
+    async fn managed(&self, hash: &KeyHash, presented: &str) -> Result<Identity, GatewayError> {
+        let unknown = || {
+            GatewayError::new(
+                ErrorKind::Authentication,
+                format!("Incorrect API key provided: {}.", mask(presented)),
+            )
+            .with_code("invalid_api_key")
+        };
+        let Some(store) = &self.managed else { return Err(unknown()) };
+        let record = match store.lookup(hash).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(unknown()),
+            Err(e) => {
+                // Fail closed: an unverifiable key is not let through.
+                log::error!("keys: the key store failed: {e}");
+                return Err(GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "The gateway cannot verify API keys right now; please retry shortly.",
+                )
+                .with_retry_after(1));
+            }
+        };
+        if record.revoked {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                format!("The API key {} was revoked; ask your platform team for a new one.", mask(presented)),
+            )
+            .with_code("invalid_api_key"));
+        }
+        let now_us = (self.now)()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        if record.expires_at_us.is_some_and(|exp| exp <= now_us) {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                format!("The API key {} has expired; ask your platform team for a new one.", mask(presented)),
+            )
+            .with_code("invalid_api_key"));
+        }
+        Ok(record.identity)
     }
 }
 
@@ -75,14 +128,12 @@ impl Plugin for Keys {
                  Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             ));
         };
-        let Some(identity) = self.by_hash.get(&hash_key(presented)) else {
-            return Err(GatewayError::new(
-                ErrorKind::Authentication,
-                format!("Incorrect API key provided: {}.", mask(presented)),
-            )
-            .with_code("invalid_api_key"));
+        let hash = hash_key(presented);
+        let identity = match self.by_hash.get(&hash) {
+            Some(identity) => identity.clone(),
+            None => self.managed(&hash, presented).await?,
         };
-        ctx.identity = Some(identity.clone());
+        ctx.identity = Some(identity);
         Ok(())
     }
 

@@ -14,6 +14,8 @@ fn keys() -> Keys {
                 app: "a".into(),
                 user: None,
                 models: Some(vec!["small".into()]),
+                regions: None,
+                tags: Vec::new(),
             },
             KeyConfig {
                 id: "k2".into(),
@@ -25,10 +27,13 @@ fn keys() -> Keys {
                 app: "b".into(),
                 user: None,
                 models: None,
+                regions: None,
+                tags: Vec::new(),
             },
         ],
+        ..KeysConfig::default()
     };
-    Keys::new(&config).unwrap()
+    Keys::new(&config, None).unwrap()
 }
 
 fn chat(model: &str) -> Request {
@@ -81,7 +86,9 @@ fn config_errors_name_the_entry() {
         app: "a".into(),
         user: None,
         models: None,
+        regions: None,
+        tags: Vec::new(),
     });
-    let e = Keys::new(&config).err().unwrap();
+    let e = Keys::new(&config, None).err().unwrap();
     assert!(e.starts_with("key[0].sha256"), "{e}");
 }

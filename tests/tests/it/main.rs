@@ -17,6 +17,7 @@ mod fallback;
 mod gemini;
 mod ledger;
 mod limits;
+mod managed_keys;
 mod messages;
 mod observability;
 mod shutdown;

@@ -15,7 +15,8 @@ use std::time::Duration;
 use sluice_core::secret::Secret;
 use sluice_plugins::{PluginsConfig, Stores};
 
-use crate::ledger::reader::Reader;
+use crate::db::Db;
+use crate::keystore::{KeySettings, ManagedKeys};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::metrics::Metrics;
 use crate::notify::Webhook;
@@ -163,7 +164,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         metrics.records.clone(),
     ));
     // Budget counters are rebuilt from the ledger when they are missing (PostgreSQL only).
-    let reader = ledger.postgres_url().map(|url| Arc::new(Reader::new(url.to_owned())));
+    let reader = ledger.postgres_url().map(|url| Arc::new(Db::new(url.to_owned())));
     let seeder = reader.clone().map(|r| Arc::new(Seeder::new(r)));
     // Limit and spend counters live in Redis when configured (shared by instances), else in memory.
     let (limits_store, spend_store, redis_healthy): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
@@ -193,7 +194,25 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         Some(w) => w.clone(),
         None => Arc::new(NoNotifier),
     };
-    let stores = Stores { limits: limits_store, spend: spend_store, notifier };
+    // Managed keys live in PostgreSQL, beside the ledger.
+    let managed = match (&ledger.postgres_url(), &reader) {
+        (Some(url), Some(db)) => Some(Arc::new(ManagedKeys::new(
+            (*url).to_owned(),
+            db.clone(),
+            KeySettings {
+                refresh: duration(&file.keys.refresh, "keys.refresh")?,
+                reminder_interval: duration(&file.keys.reminder_interval, "keys.reminder_interval")?,
+            },
+            notifier.clone(),
+        ))),
+        _ => None,
+    };
+    let stores = Stores {
+        limits: limits_store,
+        spend: spend_store,
+        notifier,
+        keys: managed.clone().map(|m| m as Arc<dyn sluice_core::keys::KeyStore>),
+    };
     let plugins = sluice_plugins::chain(
         &PluginsConfig {
             keys: file.keys.clone(),
@@ -209,6 +228,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         ledger,
         reader,
         webhook,
+        managed,
         plugins,
         metrics,
         lifecycle: Default::default(),

@@ -16,7 +16,6 @@
 //! ledger is in memory (the embedded default), bounded to the latest `memory_records` records.
 
 pub mod postgres;
-pub mod reader;
 pub mod spend;
 pub mod spool;
 

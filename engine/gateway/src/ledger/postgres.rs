@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cost_records_key_index",
         include_str!("../../../../conf/migrations/0002_cost_records_key_index.sql"),
     ),
+    (3, "keys", include_str!("../../../../conf/migrations/0003_keys.sql")),
 ];
 
 /// Advisory lock keys: migrations and partition creation run one instance at a time.

@@ -206,7 +206,7 @@ fn parse_date(s: &str) -> Option<i64> {
 }
 
 /// Decodes `%XX` and `+` in a query value.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

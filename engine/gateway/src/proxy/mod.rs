@@ -52,9 +52,11 @@ pub struct Gateway {
     /// Where every API request's cost record goes.
     pub ledger: Arc<crate::ledger::Ledger>,
     /// Reads the ledger in PostgreSQL (admin reports, budget counters rebuilt).
-    pub reader: Option<Arc<crate::ledger::reader::Reader>>,
+    pub reader: Option<Arc<crate::db::Db>>,
     /// The notices' webhook, when configured (started with the server).
     pub webhook: Option<Arc<crate::notify::Webhook>>,
+    /// Managed keys (PostgreSQL), when configured (their listener starts with the server).
+    pub managed: Option<Arc<crate::keystore::ManagedKeys>>,
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
@@ -188,6 +190,14 @@ impl Gateway {
                     body["redis"] =
                         if up { "ok" } else { "unreachable: limits enforced per instance" }.into();
                     if !up && body["status"] == "ok" {
+                        body["status"] = "degraded".into();
+                    }
+                }
+                if let Some(keys) = &self.managed {
+                    let synced = keys.synced();
+                    body["keys"] =
+                        if synced { "ok" } else { "not following PostgreSQL: cached keys only" }.into();
+                    if !synced && body["status"] == "ok" {
                         body["status"] = "degraded".into();
                     }
                 }

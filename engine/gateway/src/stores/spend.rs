@@ -22,7 +22,7 @@ use sluice_core::limits::StoreError;
 use sluice_core::money::Micros;
 
 use super::redis::thread_client;
-use crate::ledger::reader::Reader;
+use crate::db::Db;
 
 /// How long a failed rebuild is not retried for the same counter.
 const SEED_BACKOFF: Duration = Duration::from_secs(30);
@@ -30,12 +30,12 @@ const SEED_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Rebuilds counters from the ledger.
 pub struct Seeder {
-    reader: Arc<Reader>,
+    reader: Arc<Db>,
     failed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Seeder {
-    pub fn new(reader: Arc<Reader>) -> Self {
+    pub fn new(reader: Arc<Db>) -> Self {
         Self { reader, failed: Mutex::new(HashMap::new()) }
     }
 

@@ -1,5 +1,6 @@
-//! Reads from the ledger in PostgreSQL, off the write path: spend reports and the sums that rebuild
-//! lost budget counters. One lazily opened connection, reopened after an error.
+//! PostgreSQL off the ledger's write path: spend reports, the sums that rebuild lost budget
+//! counters, and the admin API's reads and writes of orgs, teams, apps and keys. One lazily opened
+//! connection (migrated on open), reopened after an error.
 
 use std::time::Duration;
 
@@ -7,39 +8,42 @@ use sluice_core::budgets::{Dimension, SpendScope};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use super::postgres;
-use super::spend::{SpendQuery, SpendRow};
+use crate::ledger::postgres;
+use crate::ledger::spend::{SpendQuery, SpendRow};
 
-pub struct Reader {
+pub struct Db {
     url: String,
     client: Mutex<Option<Client>>,
 }
 
-impl Reader {
+impl Db {
     pub fn new(url: String) -> Self {
         Self { url, client: Mutex::new(None) }
     }
 
-    /// Runs `f` on the connection (opening it first); drops the connection if `f` fails.
-    async fn with<T>(
+    /// Runs `f` on the connection (opening and migrating it first); drops the connection if `f`
+    /// fails. Errors are sentences.
+    pub async fn with<T>(
         &self,
         timeout: Duration,
-        f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, String> {
         let mut guard = self.client.lock().await;
         if guard.is_none() {
-            *guard = Some(postgres::connect(&self.url, timeout).await?);
+            let mut client = postgres::connect(&self.url, timeout).await?;
+            postgres::migrate(&mut client).await.map_err(|e| format!("cannot migrate the schema: {e}"))?;
+            *guard = Some(client);
         }
-        let Some(client) = guard.as_ref() else { return Err("no ledger connection".into()) };
+        let Some(client) = guard.as_mut() else { return Err("no database connection".into()) };
         match tokio::time::timeout(timeout, f(client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 *guard = None;
-                Err(format!("the ledger query failed: {e}"))
+                Err(format!("the database query failed: {e}"))
             }
             Err(_) => {
                 *guard = None;
-                Err("the ledger did not answer in time".into())
+                Err("the database did not answer in time".into())
             }
         }
     }
