@@ -49,7 +49,7 @@ fn limits(c: &mut Criterion) {
         std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_millis(200))
             .is_ok();
     if redis_up {
-        let redis = RedisLimits::new("redis://127.0.0.1:6379", "sluice-bench:").unwrap();
+        let redis = RedisLimits::new("redis://127.0.0.1:6379", "sluice-bench:", true).unwrap();
         rt.block_on(redis.reserve(&charges(0))).unwrap();
         group.bench_function("reserve_3_levels_redis", |b| {
             b.iter(|| {

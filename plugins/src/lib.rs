@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sluice_core::Plugin;
 use sluice_core::budgets::{Notifier, SpendStore};
 use sluice_core::keys::KeyStore;
-use sluice_core::limits::LimitStore;
+use sluice_core::limits::{LimitStore, Timer};
 
 pub mod budgets;
 pub mod keys;
@@ -36,6 +36,8 @@ pub struct Stores {
     pub notifier: Arc<dyn Notifier>,
     /// Managed keys (PostgreSQL), when configured.
     pub keys: Option<Arc<dyn KeyStore>>,
+    /// The engine's timer (burst policy `queue`).
+    pub timer: Arc<dyn Timer>,
 }
 
 /// Builds the plugin chain in its one fixed order: keys → limits → budgets → (residency, pii, cache
@@ -44,7 +46,14 @@ pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plug
     let keys = keys::Keys::new(&config.keys, stores.keys.clone()).map_err(|e| format!("keys.{e}"))?;
     let mut chain: Vec<Arc<dyn Plugin>> = vec![Arc::new(keys)];
     if let Some(limits) = &config.limits {
-        chain.push(Arc::new(limits::Limits::new(limits.clone(), stores.limits.clone())));
+        let wait = sluice_core::duration::parse(&limits.queue_max_wait)
+            .map_err(|e| format!("limits.queue_max_wait: {e}"))?;
+        chain.push(Arc::new(limits::Limits::new(
+            limits.clone(),
+            stores.limits.clone(),
+            stores.timer.clone(),
+            wait,
+        )));
     }
     if let Some(budgets) = &config.budgets {
         let plugin = budgets::Budgets::new(budgets, stores.spend.clone(), stores.notifier.clone())

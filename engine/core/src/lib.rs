@@ -19,6 +19,7 @@
 pub mod budgets;
 pub mod calendar;
 pub mod ctx;
+pub mod duration;
 pub mod error;
 pub mod keys;
 pub mod limits;

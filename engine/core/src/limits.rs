@@ -57,6 +57,13 @@ pub trait LimitStore: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
+/// Waiting, for plugins that must (a `queue` burst policy): the engine's timer, so plugins need no
+/// runtime of their own.
+#[async_trait]
+pub trait Timer: Send + Sync {
+    async fn sleep(&self, d: Duration);
+}
+
 /// GCRA on one bucket, in milliseconds: the new TAT and the state, given the stored TAT (`None` for
 /// an empty bucket). The same arithmetic runs in the Redis script.
 pub fn gcra(tat_ms: Option<f64>, now_ms: f64, c: &Charge) -> (f64, BucketState) {

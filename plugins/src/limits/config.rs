@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Tokens reserved for the answer when a request sets no `max_tokens`.
@@ -17,6 +17,69 @@ pub struct LimitsConfig {
     /// Per-owner limits: keys `org:ID`, `team:ID`, `app:ID`.
     #[serde(default)]
     pub overrides: BTreeMap<String, Rate>,
+    /// What happens when a level's limit is reached, per level (default `reject` everywhere).
+    #[serde(default)]
+    pub burst: BurstConfig,
+    /// `queue`: the longest a request waits for capacity before it is refused.
+    #[serde(default = "default_queue_wait")]
+    pub queue_max_wait: String,
+    /// When the shared store (Redis) cannot answer: `local` (this instance limits on its own),
+    /// `open` (requests pass unlimited) or `closed` (requests are refused with 503).
+    #[serde(default)]
+    pub on_store_failure: FailMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurstConfig {
+    #[serde(default)]
+    pub org: Burst,
+    #[serde(default)]
+    pub team: Burst,
+    #[serde(default)]
+    pub app: Burst,
+}
+
+/// A level's burst policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Burst {
+    /// Refuse with 429 at once.
+    #[default]
+    Reject,
+    /// Wait for capacity up to `queue_max_wait`, then 429.
+    Queue,
+    /// Go over this level's own limit while every level above it still has room (the parent's
+    /// unused headroom); 429 only when a parent is full too.
+    Borrow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    #[default]
+    Local,
+    Open,
+    Closed,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: default_max_tokens(),
+            org: None,
+            team: None,
+            app: None,
+            overrides: BTreeMap::new(),
+            burst: BurstConfig::default(),
+            queue_max_wait: default_queue_wait(),
+            on_store_failure: FailMode::default(),
+        }
+    }
+}
+
+fn default_queue_wait() -> String {
+    "2s".into()
 }
 
 /// Per-minute limits; either may be left out.

@@ -5,23 +5,29 @@
 //! nothing, in one store call (GCRA, see `sluice_core::limits`). A refused reservation is a 429
 //! naming the level and the limit, with `Retry-After`. Every answer carries OpenAI's rate-limit
 //! headers for the tightest level. When the request ends, the token reservation is corrected to
-//! the real usage. If the store fails, the request goes through (fail-open) and the failure is
-//! logged.
+//! the real usage.
+//!
+//! Each level has a burst policy: `reject` (429 at once), `queue` (wait — on the engine's timer —
+//! until the refused buckets refill, if that fits `queue_max_wait`) or `borrow` (drop the level's
+//! own charge while a parent level with a limit of the same unit still admits the request). If the
+//! store fails, `on_store_failure` decides: `local`/`open` let the request through (the Redis
+//! store answers `local` with its in-process limiter before it ever fails), `closed` refuses it
+//! with a 503.
 
 mod config;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sluice_core::ctx::Endpoint;
-use sluice_core::limits::{BucketState, Charge, LimitStore};
+use sluice_core::limits::{BucketState, Charge, LimitStore, Timer};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
 
-pub use config::{LimitsConfig, Rate};
+pub use config::{Burst, BurstConfig, FailMode, LimitsConfig, Rate};
 
 pub const NAME: &str = "limits";
 
@@ -30,6 +36,16 @@ const PERIOD: Duration = Duration::from_secs(60);
 pub struct Limits {
     config: LimitsConfig,
     store: Arc<dyn LimitStore>,
+    timer: Arc<dyn Timer>,
+    queue_max_wait: Duration,
+}
+
+/// Charges taken, their (level, owner, unit), and their states.
+type Reservation = (Vec<Charge>, Vec<(&'static str, String, Unit)>, Vec<BucketState>);
+
+/// Whether `parent` is above `level` in org → team → app.
+fn is_parent(parent: &str, level: &str) -> bool {
+    matches!((parent, level), ("org", "team" | "app") | ("team", "app"))
 }
 
 /// What a request reserved, kept for reconciliation at the end.
@@ -46,8 +62,108 @@ enum Unit {
 }
 
 impl Limits {
-    pub fn new(config: LimitsConfig, store: Arc<dyn LimitStore>) -> Self {
-        Self { config, store }
+    /// `queue_max_wait` is `config.queue_max_wait`, parsed by the caller (durations are the
+    /// engine's format).
+    pub fn new(
+        config: LimitsConfig,
+        store: Arc<dyn LimitStore>,
+        timer: Arc<dyn Timer>,
+        queue_max_wait: Duration,
+    ) -> Self {
+        Self { config, store, timer, queue_max_wait }
+    }
+
+    fn policy(&self, level: &str) -> Burst {
+        match level {
+            "org" => self.config.burst.org,
+            "team" => self.config.burst.team,
+            _ => self.config.burst.app,
+        }
+    }
+
+    /// Reserves the charges under the levels' burst policies. Returns the charges finally taken
+    /// (a borrowing level's own charge is left out), their descriptions and states; a refusal is a
+    /// state with `allowed == false`. `None`: the store failed and the request goes on unlimited.
+    async fn reserve(
+        &self,
+        ctx: &RequestCtx,
+        mut charges: Vec<Charge>,
+        mut described: Vec<(&'static str, String, Unit)>,
+    ) -> Result<Option<Reservation>, GatewayError> {
+        let deadline = Instant::now() + self.queue_max_wait;
+        loop {
+            let states = match self.store.reserve(&charges).await {
+                Ok(s) if s.len() == charges.len() => s,
+                Ok(_) | Err(_) => {
+                    return match self.config.on_store_failure {
+                        FailMode::Closed => {
+                            log::error!(
+                                "limits: {} store failed; refusing request {}",
+                                self.store.name(),
+                                ctx.request_id
+                            );
+                            Err(GatewayError::new(
+                                ErrorKind::Unavailable,
+                                "Rate limits cannot be checked right now, and this gateway refuses unchecked requests; please retry shortly.",
+                            )
+                            .with_retry_after(1))
+                        }
+                        FailMode::Open | FailMode::Local => {
+                            log::warn!(
+                                "limits: {} store failed, letting request {} through",
+                                self.store.name(),
+                                ctx.request_id
+                            );
+                            Ok(None)
+                        }
+                    };
+                }
+            };
+            let refused: Vec<usize> = (0..states.len()).filter(|i| !states[*i].allowed).collect();
+            if refused.is_empty() {
+                return Ok(Some((charges, described, states)));
+            }
+            let policies: Vec<Burst> = refused.iter().map(|i| self.policy(described[*i].0)).collect();
+            if policies.contains(&Burst::Reject) {
+                return Ok(Some((charges, described, states)));
+            }
+            // Borrow: a refused level whose parents (same unit) still have room goes over its own limit.
+            let borrowing: Vec<usize> = refused
+                .iter()
+                .zip(&policies)
+                .filter(|(i, p)| {
+                    **p == Burst::Borrow && {
+                        let (level, _, unit) = &described[**i];
+                        described.iter().any(|(l, _, u)| u == unit && is_parent(l, level))
+                    }
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            if !borrowing.is_empty() {
+                for i in borrowing.into_iter().rev() {
+                    log::debug!(
+                        "limits: request {} borrows from the parents of {} `{}`",
+                        ctx.request_id,
+                        described[i].0,
+                        described[i].1
+                    );
+                    charges.remove(i);
+                    described.remove(i);
+                }
+                if charges.is_empty() {
+                    return Ok(Some((charges, described, Vec::new())));
+                }
+                continue;
+            }
+            // Queue: every refused level queues; wait for the slowest if it fits the bound.
+            let all_queue = policies.iter().all(|p| *p == Burst::Queue);
+            let wait = refused.iter().map(|i| states[*i].retry_after).max().unwrap_or_default();
+            if all_queue && Instant::now() + wait <= deadline {
+                self.timer.sleep(wait.max(Duration::from_millis(1))).await;
+                continue;
+            }
+            return Ok(Some((charges, described, states)));
+        }
     }
 
     /// The levels with a limit for this identity: (level name, owner id, rate).
@@ -96,16 +212,8 @@ impl Plugin for Limits {
         if charges.is_empty() {
             return Ok(Flow::Continue);
         }
-        let states = match self.store.reserve(&charges).await {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!(
-                    "limits: {} store failed, letting request {} through: {e}",
-                    self.store.name(),
-                    ctx.request_id
-                );
-                return Ok(Flow::Continue);
-            }
+        let Some((charges, described, states)) = self.reserve(ctx, charges, described).await? else {
+            return Ok(Flow::Continue);
         };
         headers(ctx, &charges, &states, &described);
         if let Some(i) = states.iter().position(|s| !s.allowed) {

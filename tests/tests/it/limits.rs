@@ -138,3 +138,120 @@ async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     assert!(admitted as f64 <= bound as f64 * 1.01, "admitted {admitted}, at most {bound} (+1 %)");
     assert_eq!(mock.hits() as u64, admitted);
 }
+
+#[tokio::test]
+async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
+    let mock = MockOpenAi::start().await;
+    // Each request reserves its prompt estimate + 20 and uses 18 (the mock's usage): reservations
+    // bound the real use, and the correction hands back the difference.
+    let (a, b) = two_instances(&mock, "team = { tpm = 1000 }").await;
+    let started = std::time::Instant::now();
+    let client = crate::client();
+    let body = serde_json::json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello there"}]});
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let url = if i % 2 == 0 { a.url("/v1/chat/completions") } else { b.url("/v1/chat/completions") };
+            let (client, body) = (client.clone(), body.clone());
+            tokio::spawn(async move {
+                let r = client.post(url).bearer_auth(crate::KEY).json(&body).send().await.unwrap();
+                let status = r.status().as_u16();
+                r.bytes().await.unwrap();
+                status
+            })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let used = admitted * 18;
+    let refilled = (started.elapsed().as_secs_f64() * 1000.0 / 60.0).ceil() as u64;
+    let bound = 1000 + refilled;
+    assert!(
+        used as f64 <= bound as f64 * 1.01,
+        "{admitted} requests used {used} tokens, at most {bound} (+1 %)"
+    );
+    assert!(admitted >= 1000 / 23, "admitted {admitted}: the limit itself must be reachable");
+    assert_eq!(mock.hits() as u64, admitted);
+}
+
+#[tokio::test]
+async fn queue_holds_requests_until_capacity_returns_within_its_bound() {
+    let mock = MockOpenAi::start().await;
+    // 60 per minute: a full minute's worth at once, then one more every second. Of 63 requests sent
+    // together, 3 must wait (GCRA cannot admit the 63rd before 3 s), and all fit the 6 s bound.
+    let limits = "[limits]\nteam = { rpm = 60 }\nburst = { team = \"queue\" }\nqueue_max_wait = \"6s\"\n";
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], limits).await;
+    let started = std::time::Instant::now();
+    let client = crate::client();
+    let tasks: Vec<_> = (0..63)
+        .map(|_| {
+            let (client, url) = (client.clone(), gw.url("/v1/chat/completions"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(crate::KEY)
+                    .json(&chat_body("m"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "queued requests are served, not refused");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "the last ones waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.hits(), 63);
+}
+
+#[tokio::test]
+async fn a_queue_that_cannot_be_served_in_time_is_a_429() {
+    let mock = MockOpenAi::start().await;
+    let limits = "[limits]\napp = { rpm = 2 }\nburst = { app = \"queue\" }\nqueue_max_wait = \"1s\"\n";
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], limits).await;
+    for _ in 0..2 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    }
+    let started = std::time::Instant::now();
+    openai_error(post(&gw, "/v1/chat/completions", &chat_body("m")).await, 429).await;
+    assert!(started.elapsed() < Duration::from_millis(900), "a 30 s wait does not fit 1 s: refused at once");
+}
+
+#[tokio::test]
+async fn borrow_lets_an_app_past_its_limit_while_its_team_has_room() {
+    let mock = MockOpenAi::start().await;
+    let limits = "[limits]\nteam = { rpm = 3 }\napp = { rpm = 1 }\nburst = { app = \"borrow\" }\n";
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], limits).await;
+    for i in 0..3 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200, "request {i}");
+    }
+    let e = openai_error(post(&gw, "/v1/chat/completions", &chat_body("m")).await, 429).await;
+    assert!(e["message"].as_str().unwrap().contains("team `t`"), "{e}");
+    assert_eq!(mock.hits(), 3);
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_fail_closed_refuses_with_503() {
+    let mock = MockOpenAi::start().await;
+    let dead = sluice_tests::openai::refused_url().replace("http://", "redis://").replace("/v1", "");
+    let extra = format!(
+        "[state]\nredis = \"{dead}\"\n[limits]\napp = {{ rpm = 100 }}\non_store_failure = \"closed\"\n"
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let e = openai_error(r, 503).await;
+    assert!(e["message"].as_str().unwrap().contains("cannot be checked"), "{e}");
+    assert_eq!(mock.hits(), 0, "nothing unchecked reached the provider");
+}

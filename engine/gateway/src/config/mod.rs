@@ -31,6 +31,7 @@ use crate::stores::spend::{MemorySpend, RedisSpend, Seeder};
 use file::{ConfigFile, ProviderKind, RankFile};
 use sluice_core::budgets::{NoNotifier, Notifier, SpendStore};
 use sluice_core::limits::LimitStore;
+use sluice_plugins::limits::FailMode;
 
 /// The embedded default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../../../../conf/default.toml");
@@ -176,7 +177,9 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                     reference.clone()
                 };
                 let prefix = &file.state.key_prefix;
-                let limits = RedisLimits::new(&url, prefix).map_err(|e| format!("state.redis: {e}"))?;
+                let local = file.limits.as_ref().is_none_or(|l| l.on_store_failure == FailMode::Local);
+                let limits =
+                    RedisLimits::new(&url, prefix, local).map_err(|e| format!("state.redis: {e}"))?;
                 let healthy = limits.healthy();
                 let spend = RedisSpend::new(&url, prefix, seeder, healthy.clone())
                     .map_err(|e| format!("state.redis: {e}"))?;
@@ -212,6 +215,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         spend: spend_store,
         notifier,
         keys: managed.clone().map(|m| m as Arc<dyn sluice_core::keys::KeyStore>),
+        timer: Arc::new(crate::stores::TokioTimer),
     };
     let plugins = sluice_plugins::chain(
         &PluginsConfig {
@@ -368,20 +372,7 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
 
 /// Parses `250ms`, `30s`, `5m`, `1h`.
 pub fn duration(text: &str, key: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{key}: `{text}` is not a duration like \"500ms\", \"30s\" or \"5m\""))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{key}: `{text}` needs a unit: ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    sluice_core::duration::parse(text).map_err(|e| format!("{key}: {e}"))
 }
 
 #[cfg(test)]

@@ -294,24 +294,13 @@ fn mint() -> (String, String) {
 
 /// Seconds of a `90d` / `24h` / `30m` / `45s` duration.
 pub fn seconds(text: &str, field: &str) -> Result<f64, GatewayError> {
-    let bad = || {
-        GatewayError::invalid_request(format!("`{text}` is not a duration like \"90d\", \"24h\" or \"30m\"."))
-            .with_param(field)
-    };
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len()));
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => n * 86_400.0,
-        "h" => n * 3_600.0,
-        "m" => n * 60.0,
-        "s" => n,
-        _ => return Err(bad()),
-    };
-    if secs <= 0.0 || !secs.is_finite() {
-        return Err(bad());
+    match sluice_core::duration::parse(text) {
+        Ok(d) if !d.is_zero() => Ok(d.as_secs_f64()),
+        Ok(_) => {
+            Err(GatewayError::invalid_request(format!("`{text}` must be above zero.")).with_param(field))
+        }
+        Err(e) => Err(GatewayError::invalid_request(format!("{e}.")).with_param(field)),
     }
-    Ok(secs)
 }
 
 /// Issues a key; the answer is the only place its secret ever appears.

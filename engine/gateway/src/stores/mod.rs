@@ -4,3 +4,14 @@
 pub mod memory;
 pub mod redis;
 pub mod spend;
+
+/// The plugins' timer: tokio's, on the worker's own runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioTimer;
+
+#[async_trait::async_trait]
+impl sluice_core::limits::Timer for TokioTimer {
+    async fn sleep(&self, d: std::time::Duration) {
+        tokio::time::sleep(d).await;
+    }
+}

@@ -4,7 +4,9 @@
 //! slot. Each worker thread keeps its own connection, on its own runtime.
 //!
 //! When Redis cannot answer (down, slow beyond the command timeout), the in-process limiter takes
-//! over for this instance — limits stay in force, but per instance — and `/health` says so.
+//! over for this instance — limits stay in force, but per instance — and `/health` says so. With
+//! `limits.on_store_failure = "open"` or `"closed"` there is no local limiter: the failure goes to
+//! the plugin, which lets the request through or refuses it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -98,13 +100,14 @@ pub struct RedisLimits {
     prefix: String,
     reserve: Script,
     adjust: Script,
-    fallback: MemoryLimits,
+    /// The local limiter, unless failures go to the plugin.
+    fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
 }
 
 impl RedisLimits {
     /// `url`: `redis://host:port[/db]` or `rediss://` for TLS; `prefix` goes before every key.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
+    pub fn new(url: &str, prefix: &str, local_fallback: bool) -> Result<Self, String> {
         let config = Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?;
         Ok(Self {
             url: url.to_owned(),
@@ -112,7 +115,7 @@ impl RedisLimits {
             prefix: prefix.to_owned(),
             reserve: Script::from_lua(RESERVE),
             adjust: Script::from_lua(ADJUST),
-            fallback: MemoryLimits::default(),
+            fallback: local_fallback.then(MemoryLimits::default),
             healthy: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -174,7 +177,10 @@ impl LimitStore for RedisLimits {
             }
             Err(e) => {
                 self.note(false, "reserve", Some(&e));
-                self.fallback.reserve(charges).await
+                match &self.fallback {
+                    Some(local) => local.reserve(charges).await,
+                    None => Err(StoreError(e)),
+                }
             }
         }
     }
@@ -191,7 +197,10 @@ impl LimitStore for RedisLimits {
         };
         if let Err(e) = done {
             self.note(false, "adjust", Some(&e));
-            return self.fallback.adjust(key, limit, period, delta).await;
+            return match &self.fallback {
+                Some(local) => local.adjust(key, limit, period, delta).await,
+                None => Err(StoreError(e)),
+            };
         }
         Ok(())
     }
