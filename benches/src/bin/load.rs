@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
+//!     [--threads N] [--limits] [--governance]
 //! ```
+//! `--limits` turns the limits plugin on over Redis; `--governance` turns on everything #4 adds:
+//! a managed key (PostgreSQL, issued through the admin API), limits and budgets over Redis, and
+//! the cost ledger in PostgreSQL (a database of its own, dropped at the end).
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
 //! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
 
@@ -37,10 +41,15 @@ struct Args {
     /// Turn the limits plugin on (org, team and app, requests and tokens), counters in Redis on
     /// 127.0.0.1:6379; limits high enough that nothing is refused.
     limits: bool,
+    /// Managed keys, limits, budgets and the ledger: Redis and PostgreSQL on their usual ports.
+    governance: bool,
 }
 
+/// The key Sluice is driven with: the config's, or the managed key issued for `--governance`.
+static SLUICE_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn args() -> Args {
-    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0, limits: false };
+    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0, limits: false, governance: false };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -49,6 +58,10 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--stream" => a.stream = true,
             "--limits" => a.limits = true,
+            "--governance" => {
+                a.limits = true;
+                a.governance = true;
+            }
             "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
             other => panic!("unknown argument {other}"),
         }
@@ -97,6 +110,50 @@ async fn mock_upstream() -> SocketAddr {
     addr
 }
 
+/// The load run's own database (`--governance`).
+fn load_db() -> String {
+    format!("sluice_load_{}", std::process::id())
+}
+
+fn psql(sql: &str) {
+    let ok = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c", sql])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "psql failed: {sql} (PostgreSQL on 127.0.0.1:5432, user postgres, is needed for --governance)"
+    );
+}
+
+/// Creates org `o`, team `t`, app `a` and a managed key through the admin API; returns the key.
+async fn issue_key(client: &reqwest::Client, admin: u16) -> String {
+    let base = format!("http://127.0.0.1:{admin}/admin");
+    for (path, body) in [
+        ("orgs", serde_json::json!({"id": "o"})),
+        ("teams", serde_json::json!({"id": "t", "org": "o"})),
+        ("apps", serde_json::json!({"id": "a", "team": "t"})),
+    ] {
+        let r = client
+            .post(format!("{base}/{path}"))
+            .bearer_auth("load-admin-token")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "admin {path}: {}", r.text().await.unwrap_or_default());
+    }
+    let r = client
+        .post(format!("{base}/keys"))
+        .bearer_auth("load-admin-token")
+        .json(&serde_json::json!({"app": "a", "name": "load"}))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["key"].as_str().expect("a key").to_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -134,14 +191,38 @@ impl Drop for Proc {
     }
 }
 
-fn start_sluice(dir: &Path, upstream: SocketAddr, port: u16, threads: usize, limits: bool) -> Proc {
-    let limits = if limits {
+fn start_sluice(
+    dir: &Path,
+    upstream: SocketAddr,
+    port: u16,
+    threads: usize,
+    args: &Args,
+    admin: u16,
+) -> Proc {
+    let mut limits = if args.limits {
         "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"sluice-load:\"\n\
          [limits]\norg = { rpm = 10000000, tpm = 10000000000 }\nteam = { rpm = 10000000, tpm = 10000000000 }\n\
          app = { rpm = 10000000, tpm = 10000000000 }\n"
+            .to_owned()
     } else {
-        ""
+        String::new()
     };
+    if args.governance {
+        std::fs::write(dir.join("admin.token"), "load-admin-token").unwrap();
+        limits = limits.replace(
+            "[state]\n",
+            &format!("[state]\npostgres = \"postgres://postgres@127.0.0.1:5432/{}\"\n", load_db()),
+        );
+        limits.push_str(&format!(
+            "[budgets]\nteam = {{ daily = \"1000000.00\", monthly = \"1000000.00\" }}\nkey = {{ daily = \"1000000.00\" }}\n\
+             [records]\nspool_dir = \"{}/spool\"\n[pricing.models.m]\ninput = \"0.15\"\noutput = \"0.60\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"file:{}/admin.token\"\n",
+            dir.display(),
+            dir.display()
+        ));
+    } else {
+        limits.push_str("[pricing.default]\ninput = \"0.15\"\noutput = \"0.60\"\n");
+    }
     let config = format!(
         "[server]\nthreads = {threads}\n\
          [providers.up]\nkind = \"openai_compatible\"\nbase_url = \"http://{upstream}/v1\"\nhealth_check = {{ enabled = false }}\n\
@@ -313,7 +394,7 @@ async fn drive(
             let sent = Instant::now();
             let r = client
                 .post(url)
-                .bearer_auth(KEY)
+                .bearer_auth(SLUICE_KEY.get().map_or(KEY, String::as_str))
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
@@ -371,11 +452,18 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let upstream = mock_upstream().await;
     let (sluice_port, nginx_port, pingora_port) = (free_port(), free_port(), free_port());
-    let sluice = start_sluice(&dir, upstream, sluice_port, args.threads, args.limits);
+    let admin_port = free_port();
+    if args.governance {
+        psql(&format!("CREATE DATABASE {}", load_db()));
+    }
+    let sluice = start_sluice(&dir, upstream, sluice_port, args.threads, &args, admin_port);
     let nginx = start_nginx(&dir, upstream, nginx_port);
     let pingora = start_pingora(upstream, pingora_port, args.threads);
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     wait_up(&client, &format!("http://127.0.0.1:{sluice_port}/health")).await;
+    if args.governance {
+        SLUICE_KEY.set(issue_key(&client, admin_port).await).unwrap();
+    }
     if pingora.is_some() {
         wait_up(&client, &format!("http://127.0.0.1:{pingora_port}/")).await;
     }
@@ -468,6 +556,9 @@ async fn main() {
     drop(sluice);
     drop(pingora);
     drop(nginx);
+    if args.governance {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", load_db()));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(if ok { 0 } else { 1 });
 }

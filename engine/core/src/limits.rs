@@ -22,6 +22,15 @@ pub struct Charge {
     pub cost: u64,
 }
 
+/// A correction of one bucket: `delta` units more (or fewer, when negative) than were reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    pub key: String,
+    pub limit: u64,
+    pub period: Duration,
+    pub delta: i64,
+}
+
 /// The state of one bucket after a decision, for headers and 429 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketState {
@@ -49,9 +58,9 @@ pub trait LimitStore: Send + Sync {
     /// Returns one state per charge, in order.
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError>;
 
-    /// Gives back (negative `delta`) or takes more (positive) of an earlier reservation, without
-    /// refusing: the request already ran.
-    async fn adjust(&self, key: &str, limit: u64, period: Duration, delta: i64) -> Result<(), StoreError>;
+    /// Gives back (negative `delta`) or takes more (positive) of earlier reservations, without
+    /// refusing: the request already ran. One store call for all of them.
+    async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
 
     /// A short name for logs and `/health` (`memory`, `redis`).
     fn name(&self) -> &'static str;

@@ -24,6 +24,15 @@ pub struct BudgetsConfig {
     /// spent budget does not refuse requests (for migrations).
     #[serde(default)]
     pub observe: Vec<String>,
+    /// With counters in Redis: how long an instance may answer from its last reading of a counter
+    /// before reading it again (the request path then makes no Redis call for budgets). Spend made
+    /// meanwhile on other instances is seen that much later.
+    #[serde(default = "default_refresh")]
+    pub refresh: String,
+}
+
+fn default_refresh() -> String {
+    "250ms".into()
 }
 
 /// Dollar amounts as decimal strings (`"50.00"`); either may be left out.
@@ -43,6 +52,7 @@ impl Default for BudgetsConfig {
             teams: BTreeMap::new(),
             keys: BTreeMap::new(),
             observe: Vec::new(),
+            refresh: default_refresh(),
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sluice_core::ctx::Endpoint;
-use sluice_core::limits::{BucketState, Charge, LimitStore, Timer};
+use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, Timer};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
 
@@ -252,10 +252,13 @@ impl Plugin for Limits {
         if delta == 0 {
             return;
         }
-        for (key, limit) in &reserved.token_buckets {
-            if let Err(e) = self.store.adjust(key, *limit, PERIOD, delta).await {
-                log::warn!("limits: cannot reconcile {key}: {e}");
-            }
+        let adjustments: Vec<Adjustment> = reserved
+            .token_buckets
+            .iter()
+            .map(|(key, limit)| Adjustment { key: key.clone(), limit: *limit, period: PERIOD, delta })
+            .collect();
+        if let Err(e) = self.store.adjust(&adjustments).await {
+            log::warn!("limits: cannot reconcile the token reservation of request {}: {e}", ctx.request_id);
         }
     }
 }

@@ -33,7 +33,7 @@ impl LimitStore for TestStore {
         Ok(decided.into_iter().map(|(_, s)| s).collect())
     }
 
-    async fn adjust(&self, _: &str, _: u64, _: Duration, _: i64) -> Result<(), StoreError> {
+    async fn adjust(&self, _: &[Adjustment]) -> Result<(), StoreError> {
         Ok(())
     }
 

@@ -106,9 +106,10 @@ async fn budgets_are_shared_in_redis_and_rebuilt_from_the_ledger_after_redis_for
     let prefix = crate::redis_prefix();
     let extra = format!(
         "{PRICING}[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\npostgres = \"{}\"\n\
-         [records]\nspool_dir = \"{{dir}}/spool\"\n[budgets]\nteam = {{ monthly = \"0.000200\" }}\n",
+         [records]\nspool_dir = \"{{dir}}/spool\"\n[budgets]\nteam = {{ monthly = \"0.000200\" }}\nrefresh = \"0ms\"\n",
         db.url()
     );
+    // refresh = 0: every check reads Redis, so what one instance spends the other sees at once.
     let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
     let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
     for gw in [&a, &b, &a] {
@@ -141,4 +142,46 @@ async fn budgets_are_shared_in_redis_and_rebuilt_from_the_ledger_after_redis_for
     let h: Value = crate::client().get(b.url("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["redis"], "ok");
     assert_eq!(mock.hits(), 3);
+}
+
+#[tokio::test]
+async fn spend_sent_once_per_refresh_window_reaches_the_other_instance() {
+    let mock = MockOpenAi::start().await;
+    let prefix = crate::redis_prefix();
+    let extra = format!(
+        "{PRICING}[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n\
+         [budgets]\nteam = {{ daily = \"0.000200\" }}\nrefresh = \"200ms\"\n"
+    );
+    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    // b reads the (empty) counter first, so it holds a reading of its own.
+    let r = client_for(&b).await;
+    assert_eq!(r, 200);
+    // a counts its own spend at once, sent or not: it refuses after two or three requests (two if
+    // b's 98 reached Redis before a first read the counter).
+    let mut served = 0;
+    while client_for(&a).await == 200 {
+        served += 1;
+        assert!(served <= 3, "a kept serving past its budget");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served >= 2, "a served {served}");
+    // b learns it once a has sent its spend and b's reading is older than the window.
+    let started = std::time::Instant::now();
+    loop {
+        let r = post(&b, "/v1/chat/completions", &chat_body("m")).await;
+        if r.status() == 429 {
+            break;
+        }
+        r.bytes().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "b never saw a's spend");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client_for(gw: &sluice_tests::gateway::TestGateway) -> u16 {
+    let r = post(gw, "/v1/chat/completions", &chat_body("m")).await;
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    status
 }

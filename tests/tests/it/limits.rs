@@ -34,6 +34,19 @@ async fn the_team_rpm_limit_answers_429_with_retry_after_and_rate_limit_headers(
 
 #[tokio::test]
 async fn token_reservations_are_corrected_to_real_usage_when_the_request_ends() {
+    token_corrections("").await;
+}
+
+#[tokio::test]
+async fn token_corrections_over_redis_ride_along_with_the_next_reservation() {
+    token_corrections(&format!(
+        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n",
+        crate::redis_prefix()
+    ))
+    .await;
+}
+
+async fn token_corrections(state: &str) {
     let mock = MockOpenAi::start().await;
     // Each request reserves its prompt estimate + 60 = 63 tokens; the mock reports 18 used, and the
     // reservation is corrected to that: 18, 36, 54 used after three requests, so the fourth (54 + 63)
@@ -41,7 +54,7 @@ async fn token_reservations_are_corrected_to_real_usage_when_the_request_ends() 
     let gw = gateway_with_chain(
         &[&mock],
         &[(0, "ok")],
-        "[limits]\ndefault_max_tokens = 60\napp = { tpm = 100 }\n",
+        &format!("{state}[limits]\ndefault_max_tokens = 60\napp = {{ tpm = 100 }}\n"),
     )
     .await;
     for i in 0..3 {
@@ -110,7 +123,10 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
 #[tokio::test]
 async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     let mock = MockOpenAi::start().await;
-    let (a, b) = two_instances(&mock, "team = { rpm = 100 }").await;
+    // Fail closed: on a loaded machine a Redis call can pass its 250 ms timeout, and the local
+    // fallback would then limit per instance; this test is about the shared limit, so such a
+    // request is refused (503) instead of counted against a local bucket.
+    let (a, b) = two_instances(&mock, "team = { rpm = 100 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
     let client = crate::client();
     let tasks: Vec<_> = (0..300)
@@ -127,7 +143,7 @@ async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     for t in tasks {
         match t.await.unwrap() {
             200 => admitted += 1,
-            429 => {}
+            429 | 503 => {}
             other => panic!("unexpected {other}"),
         }
     }
@@ -144,7 +160,7 @@ async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
     let mock = MockOpenAi::start().await;
     // Each request reserves its prompt estimate + 20 and uses 18 (the mock's usage): reservations
     // bound the real use, and the correction hands back the difference.
-    let (a, b) = two_instances(&mock, "team = { tpm = 1000 }").await;
+    let (a, b) = two_instances(&mock, "team = { tpm = 1000 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
     let client = crate::client();
     let body = serde_json::json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello there"}]});
@@ -164,7 +180,7 @@ async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
     for t in tasks {
         match t.await.unwrap() {
             200 => admitted += 1,
-            429 => {}
+            429 | 503 => {}
             other => panic!("unexpected {other}"),
         }
     }

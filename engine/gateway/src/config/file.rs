@@ -75,6 +75,9 @@ pub struct RecordsFile {
     /// Records per INSERT.
     #[serde(default = "default_records_batch")]
     pub batch: usize,
+    /// How long the writer waits to fill a batch (fewer, larger INSERTs under load).
+    #[serde(default = "default_records_flush")]
+    pub flush_interval: String,
     /// How often a lost PostgreSQL connection is retried.
     #[serde(default = "default_records_retry")]
     pub retry_interval: String,
@@ -89,6 +92,7 @@ impl Default for RecordsFile {
             spool_dir: default_spool_dir(),
             queue: default_records_queue(),
             batch: default_records_batch(),
+            flush_interval: default_records_flush(),
             retry_interval: default_records_retry(),
             memory_records: default_memory_records(),
         }
@@ -103,6 +107,9 @@ fn default_records_queue() -> usize {
 }
 fn default_records_batch() -> usize {
     500
+}
+fn default_records_flush() -> String {
+    "100ms".into()
 }
 fn default_records_retry() -> String {
     "2s".into()

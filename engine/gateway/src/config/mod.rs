@@ -159,6 +159,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             spool_dir: records.spool_dir.clone().into(),
             queue: records.queue,
             batch: records.batch,
+            flush_interval: duration(&records.flush_interval, "records.flush_interval")?,
             retry_interval: duration(&records.retry_interval, "records.retry_interval")?,
             memory_records: records.memory_records.max(1),
         },
@@ -181,7 +182,11 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                 let limits =
                     RedisLimits::new(&url, prefix, local).map_err(|e| format!("state.redis: {e}"))?;
                 let healthy = limits.healthy();
-                let spend = RedisSpend::new(&url, prefix, seeder, healthy.clone())
+                let refresh = match &file.budgets {
+                    Some(b) => duration(&b.refresh, "budgets.refresh")?,
+                    None => Duration::ZERO,
+                };
+                let spend = RedisSpend::new(&url, prefix, seeder, healthy.clone(), refresh)
                     .map_err(|e| format!("state.redis: {e}"))?;
                 (Arc::new(limits), Arc::new(spend), Some(healthy))
             }

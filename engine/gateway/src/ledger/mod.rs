@@ -39,6 +39,8 @@ pub struct LedgerSettings {
     pub spool_dir: PathBuf,
     pub queue: usize,
     pub batch: usize,
+    /// How long the writer waits to fill a batch.
+    pub flush_interval: Duration,
     pub retry_interval: Duration,
     pub memory_records: usize,
 }
@@ -247,19 +249,33 @@ async fn write_loop(ledger: &Ledger, mut rx: mpsc::Receiver<CostRecord>) {
             shared.healthy.store(false, Ordering::Relaxed);
             next_connect = Instant::now() + settings.retry_interval;
         }
-        tokio::select! {
-            n = rx.recv_many(&mut batch, settings.batch) => {
-                if n == 0 {
-                    return; // closed and drained
+        // The writer polls the queue every flush_interval rather than waiting on it: a waiting
+        // receiver would be woken (a cross-thread wake-up, an eventfd write) by every record the
+        // request path submits.
+        let mut closed = false;
+        while batch.len() < settings.batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
             }
-            () = shared.stop.notified(), if !stopping => {
-                // No new records from here on (submit spools them); drain what is queued.
-                stopping = true;
-                rx.close();
-                continue;
+        }
+        if batch.is_empty() {
+            if closed || (stopping && rx.is_empty()) {
+                return; // closed and drained
             }
-            () = tokio::time::sleep(settings.retry_interval), if !stopping => continue,
+            tokio::select! {
+                () = shared.stop.notified(), if !stopping => {
+                    // No new records from here on (submit spools them); drain what is queued.
+                    stopping = true;
+                    rx.close();
+                }
+                () = tokio::time::sleep(settings.flush_interval), if !stopping => {}
+            }
+            continue;
         }
         let written = match writer.as_mut() {
             Some(w) => match tokio::time::timeout(WRITE_TIMEOUT, w.write(&batch)).await {
@@ -287,7 +303,18 @@ async fn write_loop(ledger: &Ledger, mut rx: mpsc::Receiver<CostRecord>) {
             }
             ledger.spill(shared, &batch);
         }
+        let full = batch.len() >= settings.batch;
         batch.clear();
+        // A full batch means more is waiting: go on at once; else give the queue time to fill.
+        if !full && !stopping {
+            tokio::select! {
+                () = shared.stop.notified() => {
+                    stopping = true;
+                    rx.close();
+                }
+                () = tokio::time::sleep(settings.flush_interval) => {}
+            }
+        }
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use sluice_core::limits::{BucketState, Charge, LimitStore, StoreError, gcra};
+use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, StoreError, gcra};
 
 /// GCRA buckets in a map, all charges of one reservation under one lock.
 pub struct MemoryLimits {
@@ -54,12 +54,14 @@ impl LimitStore for MemoryLimits {
             .collect())
     }
 
-    async fn adjust(&self, key: &str, limit: u64, period: Duration, delta: i64) -> Result<(), StoreError> {
+    async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let per_unit = period.as_secs_f64() * 1000.0 / limit.max(1) as f64;
         let mut tats = self.tats.lock().map_err(|_| StoreError("limit state poisoned".into()))?;
-        if let Some(tat) = tats.get_mut(key) {
-            *tat = (*tat + per_unit * delta as f64).max(now);
+        for a in adjustments {
+            let per_unit = a.period.as_secs_f64() * 1000.0 / a.limit.max(1) as f64;
+            if let Some(tat) = tats.get_mut(&a.key) {
+                *tat = (*tat + per_unit * a.delta as f64).max(now);
+            }
         }
         Ok(())
     }
@@ -71,6 +73,8 @@ impl LimitStore for MemoryLimits {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn charge(key: &str, limit: u64, cost: u64) -> Charge {
@@ -92,7 +96,9 @@ mod tests {
         let store = MemoryLimits::default();
         store.reserve(&[charge("tpm", 100, 100)]).await.unwrap();
         assert!(!store.reserve(&[charge("tpm", 100, 1)]).await.unwrap()[0].allowed);
-        store.adjust("tpm", 100, Duration::from_secs(60), -60).await.unwrap();
+        let refund =
+            Adjustment { key: "tpm".into(), limit: 100, period: Duration::from_secs(60), delta: -60 };
+        store.adjust(&[refund]).await.unwrap();
         let s = store.reserve(&[charge("tpm", 100, 50)]).await.unwrap();
         assert!(s[0].allowed);
     }

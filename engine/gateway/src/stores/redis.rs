@@ -3,6 +3,12 @@
 //! clock skew. Keys are hash-tagged by org (`{org:ID}`), so one request's keys share a Redis Cluster
 //! slot. Each worker thread keeps its own connection, on its own runtime.
 //!
+//! The correction of a token reservation at the end of a request costs no round trip of its own:
+//! it waits (up to 100 ms) and rides along with the next reservation of the same org, applied by
+//! the same script before that reservation is checked. Corrections older than that are sent on
+//! their own. A refund thus returns capacity up to 100 ms late (never early), and corrections
+//! pending when the process stops are lost, which only errs on the side of the limit.
+//!
 //! When Redis cannot answer (down, slow beyond the command timeout), the in-process limiter takes
 //! over for this instance — limits stay in force, but per instance — and `/health` says so. With
 //! `limits.on_store_failure = "open"` or `"closed"` there is no local limiter: the failure goes to
@@ -10,29 +16,41 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
-use sluice_core::limits::{BucketState, Charge, LimitStore, StoreError};
+use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, StoreError};
 
 use super::memory::MemoryLimits;
 
-/// Checks every bucket, then charges all or none. ARGV: per key, limit, period (ms), cost.
-/// Returns per key: allowed (1/0), remaining, ms until full, ms to wait when refused.
+/// First applies the corrections folded in from earlier requests (KEYS after the first ARGV[1]),
+/// then checks every bucket to reserve and charges all or none. ARGV: the number n of buckets to
+/// reserve, then per bucket limit, period (ms), cost, then per correction limit, period (ms), delta.
+/// Returns per reserved bucket: allowed (1/0), remaining, ms until full, ms to wait when refused.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local n = #KEYS
+local n = tonumber(ARGV[1])
+for j = n + 1, #KEYS do
+  local base = 1 + (j - 1) * 3
+  local tat = tonumber(redis.call('GET', KEYS[j]))
+  if tat then
+    local limit = tonumber(ARGV[base + 1])
+    local new = tat + (tonumber(ARGV[base + 2]) / math.max(limit, 1)) * tonumber(ARGV[base + 3])
+    if new < now then new = now end
+    redis.call('SET', KEYS[j], tostring(new), 'PX', math.ceil(new - now) + 1000)
+  end
+end
 local d = {}
 local ok = true
 for i = 1, n do
-  local limit = tonumber(ARGV[(i - 1) * 3 + 1])
-  local period = tonumber(ARGV[(i - 1) * 3 + 2])
-  local cost = tonumber(ARGV[(i - 1) * 3 + 3])
+  local limit = tonumber(ARGV[1 + (i - 1) * 3 + 1])
+  local period = tonumber(ARGV[1 + (i - 1) * 3 + 2])
+  local cost = tonumber(ARGV[1 + (i - 1) * 3 + 3])
   local per = period / math.max(limit, 1)
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
@@ -59,15 +77,21 @@ end
 return out
 "#;
 
-/// Moves one bucket's TAT by `delta` units (a refund when negative), never before now.
+/// Moves each bucket's TAT by its `delta` units (a refund when negative), never before now.
+/// ARGV: per key, limit, period (ms), delta.
 const ADJUST: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if not tat then return 0 end
-local new = tat + (tonumber(ARGV[2]) / math.max(tonumber(ARGV[1]), 1)) * tonumber(ARGV[3])
-if new < now then new = now end
-redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil(new - now) + 1000)
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local limit = tonumber(ARGV[(i - 1) * 3 + 1])
+    local delta = tonumber(ARGV[(i - 1) * 3 + 3])
+    local new = tat + (tonumber(ARGV[(i - 1) * 3 + 2]) / math.max(limit, 1)) * delta
+    if new < now then new = now end
+    redis.call('SET', KEYS[i], tostring(new), 'PX', math.ceil(new - now) + 1000)
+  end
+end
 return 1
 "#;
 
@@ -103,9 +127,44 @@ pub struct RedisLimits {
     /// The local limiter, unless failures go to the plugin.
     fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
+    /// Token corrections not yet sent: folded into the next reservation of the same org (same
+    /// Redis Cluster slot), or sent on their own once older than [`FOLD_WINDOW`].
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_key: HashMap<String, Adjustment>,
+    since: Option<Instant>,
+}
+
+/// How long a correction may wait for a reservation to ride along with.
+const FOLD_WINDOW: Duration = Duration::from_millis(100);
+
+/// The hash tag of a key (`{org:acme}` of `{org:acme}:team:t:tpm`), or the whole key.
+fn tag(key: &str) -> &str {
+    match (key.starts_with('{'), key.find('}')) {
+        (true, Some(end)) => &key[..=end],
+        _ => key,
+    }
 }
 
 impl RedisLimits {
+    /// Adds corrections to the pending ones (deltas of one bucket add up).
+    fn defer(&self, adjustments: &[Adjustment]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for a in adjustments {
+            pending
+                .by_key
+                .entry(a.key.clone())
+                .and_modify(|p| p.delta += a.delta)
+                .or_insert_with(|| a.clone());
+        }
+        if !pending.by_key.is_empty() && pending.since.is_none() {
+            pending.since = Some(Instant::now());
+        }
+    }
+
     /// `url`: `redis://host:port[/db]` or `rediss://` for TLS; `prefix` goes before every key.
     pub fn new(url: &str, prefix: &str, local_fallback: bool) -> Result<Self, String> {
         let config = Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?;
@@ -116,6 +175,7 @@ impl RedisLimits {
             reserve: Script::from_lua(RESERVE),
             adjust: Script::from_lua(ADJUST),
             fallback: local_fallback.then(MemoryLimits::default),
+            pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -148,17 +208,37 @@ impl RedisLimits {
 #[async_trait]
 impl LimitStore for RedisLimits {
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError> {
-        let keys: Vec<String> = charges.iter().map(|c| self.key(&c.key)).collect();
-        let args: Vec<i64> = charges
-            .iter()
-            .flat_map(|c| [c.limit as i64, c.period.as_millis() as i64, c.cost as i64])
-            .collect();
+        // Corrections of the same org ride along: no round trip of their own.
+        let folded: Vec<Adjustment> = match charges.first() {
+            Some(first) => {
+                let tag = tag(&first.key);
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let keys: Vec<String> =
+                    pending.by_key.keys().filter(|k| self::tag(k) == tag).cloned().collect();
+                let taken: Vec<Adjustment> = keys.iter().filter_map(|k| pending.by_key.remove(k)).collect();
+                if pending.by_key.is_empty() {
+                    pending.since = None;
+                }
+                taken
+            }
+            None => Vec::new(),
+        };
+        let keys: Vec<String> =
+            charges.iter().map(|c| self.key(&c.key)).chain(folded.iter().map(|a| self.key(&a.key))).collect();
+        let mut args: Vec<i64> = vec![charges.len() as i64];
+        args.extend(
+            charges.iter().flat_map(|c| [c.limit as i64, c.period.as_millis() as i64, c.cost as i64]),
+        );
+        args.extend(folded.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]));
         let answer: Result<Vec<Vec<i64>>, String> = match self.client() {
             Ok(client) => {
                 self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.0),
         };
+        if answer.is_err() && !folded.is_empty() {
+            self.defer(&folded);
+        }
         match answer {
             Ok(rows) if rows.len() == charges.len() => {
                 self.note(true, "reserve", None);
@@ -185,22 +265,40 @@ impl LimitStore for RedisLimits {
         }
     }
 
-    async fn adjust(&self, key: &str, limit: u64, period: Duration, delta: i64) -> Result<(), StoreError> {
-        let args = vec![limit as i64, period.as_millis() as i64, delta];
-        let done: Result<i64, String> = match self.client() {
-            Ok(client) => self
-                .adjust
-                .evalsha_with_reload(&client, vec![self.key(key)], args)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.0),
+    /// Corrections wait (up to [`FOLD_WINDOW`]) for the next reservation of their org; older ones
+    /// are sent now, one call per org.
+    async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
+        self.defer(adjustments);
+        let due: Vec<Adjustment> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.since.is_none_or(|t| t.elapsed() < FOLD_WINDOW) {
+                return Ok(());
+            }
+            pending.since = None;
+            pending.by_key.drain().map(|(_, a)| a).collect()
         };
-        if let Err(e) = done {
-            self.note(false, "adjust", Some(&e));
-            return match &self.fallback {
-                Some(local) => local.adjust(key, limit, period, delta).await,
-                None => Err(StoreError(e)),
+        let mut by_tag: HashMap<&str, Vec<&Adjustment>> = HashMap::new();
+        for a in &due {
+            by_tag.entry(tag(&a.key)).or_default().push(a);
+        }
+        for group in by_tag.into_values() {
+            let keys: Vec<String> = group.iter().map(|a| self.key(&a.key)).collect();
+            let args: Vec<i64> =
+                group.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]).collect();
+            let done: Result<i64, String> = match self.client() {
+                Ok(client) => {
+                    self.adjust.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.0),
             };
+            if let Err(e) = done {
+                self.note(false, "adjust", Some(&e));
+                let group: Vec<Adjustment> = group.into_iter().cloned().collect();
+                match &self.fallback {
+                    Some(local) => local.adjust(&group).await?,
+                    None => return Err(StoreError(e)),
+                }
+            }
         }
         Ok(())
     }

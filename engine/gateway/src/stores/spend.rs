@@ -7,6 +7,13 @@
 //! restart does not reset anyone's budget. A spend that landed in Redis while its seed was being
 //! read may be counted twice, which errs on the side of the budget. If Redis stops answering, the
 //! in-memory counters take over for this instance (and rebuild themselves from the ledger too).
+//!
+//! The Redis store answers reads from the values it last saw (read or returned by an add) for up
+//! to `budgets.refresh`, plus what this instance spent since, so the request path usually makes no
+//! Redis call for budgets; and it sends its spend at most once per `refresh` (all pending amounts
+//! in one call per org), so the end of a request usually makes none either. Other instances see
+//! this instance's spend up to two windows late; spend not yet sent when the process stops is
+//! rebuilt from the ledger only if the counter is lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,12 +154,12 @@ impl SpendStore for MemorySpend {
     }
 }
 
-/// Adds ARGV[1] to every key; a key without expiry gets ARGV[i+1] ms. Returns the new values.
+/// Adds ARGV[2i-1] to KEYS[i]; a key without expiry gets ARGV[2i] ms. Returns the new values.
 const ADD: &str = r#"
 local out = {}
 for i = 1, #KEYS do
-  out[i] = redis.call('INCRBY', KEYS[i], ARGV[1])
-  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i + 1]) end
+  out[i] = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
 end
 return out
 "#;
@@ -166,7 +173,10 @@ end
 return tonumber(redis.call('GET', KEYS[1]) or '0')
 "#;
 
-pub struct RedisSpend {
+/// Spend counters in Redis; see the module's notes on `refresh`.
+pub struct RedisSpend(Arc<RedisInner>);
+
+struct RedisInner {
     url: String,
     config: Config,
     prefix: String,
@@ -175,15 +185,59 @@ pub struct RedisSpend {
     seeder: Option<Arc<Seeder>>,
     fallback: MemorySpend,
     healthy: Arc<AtomicBool>,
+    /// A flush of unsent spend is scheduled.
+    scheduled: AtomicBool,
+    /// Last values seen, and when.
+    seen: Mutex<HashMap<String, (u64, Instant)>>,
+    refresh: Duration,
+    /// Spend added here and not yet sent: sent with the first add after `refresh`, one call per org.
+    unsent: Mutex<Unsent>,
 }
 
-impl RedisSpend {
+#[derive(Default)]
+struct Unsent {
+    by_key: HashMap<String, (Counter, u64)>,
+    since: Option<Instant>,
+}
+
+/// The hash tag of a key (`{org:acme}`), or the whole key.
+fn tag(key: &str) -> &str {
+    match (key.starts_with('{'), key.find('}')) {
+        (true, Some(end)) => &key[..=end],
+        _ => key,
+    }
+}
+
+impl RedisInner {
+    /// Sends everything unsent (the scheduled flush).
+    async fn flush(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+        let due: Vec<(Counter, u64)> = {
+            let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+            unsent.since = None;
+            unsent.by_key.drain().map(|(_, v)| v).collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.send(&due).await {
+            self.failed("add", &e);
+            // What could not be sent is counted here, on this instance.
+            for (c, n) in &due {
+                if let Err(e) = self.fallback.add(std::slice::from_ref(c), Micros(*n)).await {
+                    log::error!("budgets: cannot count spend on {}: {e}", c.key);
+                }
+            }
+        }
+    }
+
     /// `healthy` is shared with the limits store: one Redis, one health flag.
-    pub fn new(
+    fn new(
         url: &str,
         prefix: &str,
         seeder: Option<Arc<Seeder>>,
         healthy: Arc<AtomicBool>,
+        refresh: Duration,
     ) -> Result<Self, String> {
         Ok(Self {
             url: url.to_owned(),
@@ -194,7 +248,60 @@ impl RedisSpend {
             fallback: MemorySpend::new(seeder.clone()),
             seeder,
             healthy,
+            scheduled: AtomicBool::new(false),
+            seen: Mutex::new(HashMap::new()),
+            refresh,
+            unsent: Mutex::default(),
         })
+    }
+
+    fn remember(&self, counters: &[Counter], values: &[Micros]) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 100_000 {
+            seen.retain(|_, (_, at)| at.elapsed() < self.refresh);
+        }
+        for (c, v) in counters.iter().zip(values) {
+            seen.insert(c.key.clone(), (v.0, now));
+        }
+    }
+
+    /// The values seen within `refresh` plus what this instance has not sent yet, if every
+    /// counter has one.
+    fn recent(&self, counters: &[Counter]) -> Option<Vec<Micros>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        counters
+            .iter()
+            .map(|c| {
+                let (v, _) = seen.get(&c.key).filter(|(_, at)| at.elapsed() < self.refresh)?;
+                Some(Micros(v + unsent.by_key.get(&c.key).map_or(0, |(_, n)| *n)))
+            })
+            .collect()
+    }
+
+    /// Sends `adds` (counter, amount), one call per org; remembers the new values.
+    async fn send(&self, adds: &[(Counter, u64)]) -> Result<Vec<Micros>, String> {
+        let client = thread_client(&self.url, &self.config).map_err(|e| e.0)?;
+        let mut by_tag: HashMap<&str, Vec<&(Counter, u64)>> = HashMap::new();
+        for add in adds {
+            by_tag.entry(tag(&add.0.key)).or_default().push(add);
+        }
+        let mut totals = HashMap::new();
+        for group in by_tag.into_values() {
+            let keys: Vec<String> = group.iter().map(|(c, _)| self.key(&c.key)).collect();
+            let args: Vec<i64> =
+                group.iter().flat_map(|(c, n)| [*n as i64, c.ttl.as_millis() as i64]).collect();
+            let values: Vec<i64> =
+                self.add.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())?;
+            let counters: Vec<Counter> = group.iter().map(|(c, _)| c.clone()).collect();
+            let values: Vec<Micros> = values.into_iter().map(|n| Micros(n.max(0) as u64)).collect();
+            self.remember(&counters, &values);
+            for (c, v) in counters.iter().zip(values) {
+                totals.insert(c.key.clone(), v);
+            }
+        }
+        Ok(adds.iter().map(|(c, _)| totals.get(&c.key).copied().unwrap_or_default()).collect())
     }
 
     fn key(&self, key: &str) -> String {
@@ -237,11 +344,59 @@ impl RedisSpend {
     }
 }
 
+impl RedisSpend {
+    /// `healthy` is shared with the limits store: one Redis, one health flag. `refresh`: see the
+    /// module's notes.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        seeder: Option<Arc<Seeder>>,
+        healthy: Arc<AtomicBool>,
+        refresh: Duration,
+    ) -> Result<Self, String> {
+        RedisInner::new(url, prefix, seeder, healthy, refresh).map(|inner| Self(Arc::new(inner)))
+    }
+}
+
 #[async_trait]
 impl SpendStore for RedisSpend {
     async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
+        self.0.spent(counters).await
+    }
+
+    async fn add(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
+        if self.0.defer(counters, amount) {
+            if !self.0.scheduled.swap(true, Ordering::Relaxed) {
+                let inner = self.0.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(inner.refresh).await;
+                    inner.flush().await;
+                });
+            }
+            return Ok(self.0.estimate(counters));
+        }
+        self.0.add_now(counters, amount).await
+    }
+
+    async fn first_time(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.0.first_time(key, ttl).await
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+impl RedisInner {
+    async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
+        if let Some(values) = self.recent(counters) {
+            return Ok(values);
+        }
         match self.try_spent(counters).await {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.remember(counters, &v);
+                Ok(v)
+            }
             Err(e) => {
                 self.failed("read", &e);
                 self.fallback.spent(counters).await
@@ -249,16 +404,37 @@ impl SpendStore for RedisSpend {
         }
     }
 
-    async fn add(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
-        let keys: Vec<String> = counters.iter().map(|c| self.key(&c.key)).collect();
-        let mut args = vec![amount.0 as i64];
-        args.extend(counters.iter().map(|c| c.ttl.as_millis() as i64));
-        let answer: Result<Vec<i64>, String> = match thread_client(&self.url, &self.config) {
-            Ok(client) => self.add.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.0),
-        };
-        match answer {
-            Ok(v) => Ok(v.into_iter().map(|n| Micros(n.max(0) as u64)).collect()),
+    /// Adds the amount to this instance's unsent spend; true when it is to wait for the scheduled
+    /// flush (a `refresh` window is set), false when it is to be sent now.
+    fn defer(&self, counters: &[Counter], amount: Micros) -> bool {
+        if self.refresh.is_zero() {
+            return false;
+        }
+        let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        for c in counters {
+            unsent.by_key.entry(c.key.clone()).or_insert_with(|| (c.clone(), 0)).1 += amount.0;
+        }
+        unsent.since.get_or_insert_with(Instant::now);
+        true
+    }
+
+    /// This instance's best knowledge of the counters: the last values seen plus its unsent spend.
+    fn estimate(&self, counters: &[Counter]) -> Vec<Micros> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        counters
+            .iter()
+            .map(|c| {
+                let base = seen.get(&c.key).map_or(0, |(v, _)| *v);
+                Micros(base + unsent.by_key.get(&c.key).map_or(0, |(_, n)| *n))
+            })
+            .collect()
+    }
+
+    async fn add_now(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
+        let adds: Vec<(Counter, u64)> = counters.iter().map(|c| (c.clone(), amount.0)).collect();
+        match self.send(&adds).await {
+            Ok(values) => Ok(values),
             Err(e) => {
                 self.failed("add", &e);
                 self.fallback.add(counters, amount).await
@@ -287,9 +463,5 @@ impl SpendStore for RedisSpend {
                 self.fallback.first_time(key, ttl).await
             }
         }
-    }
-
-    fn name(&self) -> &'static str {
-        "redis"
     }
 }
