@@ -27,6 +27,10 @@ pub struct LimitsConfig {
     /// `open` (requests pass unlimited) or `closed` (requests are refused with 503).
     #[serde(default)]
     pub on_store_failure: FailMode,
+    /// Teams in observe mode (for migrations): limits are evaluated, logged and reported in
+    /// `x-sluice-ratelimit-observe`, never enforced.
+    #[serde(default)]
+    pub observe: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -74,6 +78,7 @@ impl Default for LimitsConfig {
             burst: BurstConfig::default(),
             queue_max_wait: default_queue_wait(),
             on_store_failure: FailMode::default(),
+            observe: Vec::new(),
         }
     }
 }

@@ -73,7 +73,11 @@ impl Limits {
         Self { config, store, timer, queue_max_wait }
     }
 
-    fn policy(&self, level: &str) -> Burst {
+    fn policy(&self, level: &str, observe: bool) -> Burst {
+        if observe {
+            // Observe mode never waits or borrows: it only reports what would happen.
+            return Burst::Reject;
+        }
         match level {
             "org" => self.config.burst.org,
             "team" => self.config.burst.team,
@@ -123,7 +127,9 @@ impl Limits {
             if refused.is_empty() {
                 return Ok(Some((charges, described, states)));
             }
-            let policies: Vec<Burst> = refused.iter().map(|i| self.policy(described[*i].0)).collect();
+            let observe = ctx.identity.as_ref().is_some_and(|w| self.config.observe.contains(&w.team));
+            let policies: Vec<Burst> =
+                refused.iter().map(|i| self.policy(described[*i].0, observe)).collect();
             if policies.contains(&Burst::Reject) {
                 return Ok(Some((charges, described, states)));
             }
@@ -225,6 +231,20 @@ impl Plugin for Limits {
             let wait = states[i].retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let requested =
                 if *unit == Unit::Tokens { format!(", requested {estimate}") } else { String::new() };
+            if self.config.observe.contains(&who.team) {
+                // Observe mode: evaluated, logged and reported; the request goes on (nothing was
+                // reserved for it, so there is nothing to correct later).
+                log::info!(
+                    "limits: observe mode, request {} would be refused: {level} `{id}` {short} limit {}{requested}",
+                    ctx.request_id,
+                    charges[i].limit
+                );
+                ctx.response_headers.push((
+                    "x-sluice-ratelimit-observe",
+                    format!("would refuse: {level} `{id}` {short} limit {}", charges[i].limit),
+                ));
+                return Ok(Flow::Continue);
+            }
             return Err(GatewayError::new(
                 ErrorKind::RateLimited,
                 format!(

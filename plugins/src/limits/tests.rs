@@ -192,3 +192,18 @@ fn a_store_failure_refuses_when_fail_closed_and_passes_when_open() {
         assert_eq!(r.as_ref().err().map(|e| e.status()), refused.then_some(503), "{mode:?}");
     }
 }
+
+#[test]
+fn observe_mode_reports_a_refusal_but_lets_the_request_through() {
+    let config = LimitsConfig {
+        team: Some(Rate { rpm: Some(1), tpm: None }),
+        observe: vec!["pay".into()],
+        ..LimitsConfig::default()
+    };
+    let (limits, _) = limits(config);
+    assert!(block_on(limits.on_request(&mut ctx(), &mut request(1))).is_ok());
+    let mut c = ctx();
+    assert!(block_on(limits.on_request(&mut c, &mut request(1))).is_ok());
+    let observed = c.response_headers.iter().find(|(k, _)| *k == "x-sluice-ratelimit-observe");
+    assert_eq!(observed.map(|(_, v)| v.as_str()), Some("would refuse: team `pay` RPM limit 1"));
+}

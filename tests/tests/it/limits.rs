@@ -271,3 +271,15 @@ async fn with_redis_unreachable_fail_closed_refuses_with_503() {
     assert!(e["message"].as_str().unwrap().contains("cannot be checked"), "{e}");
     assert_eq!(mock.hits(), 0, "nothing unchecked reached the provider");
 }
+
+#[tokio::test]
+async fn observe_mode_reports_a_refusal_in_a_header_and_serves() {
+    let mock = MockOpenAi::start().await;
+    let gw =
+        gateway_with_chain(&[&mock], &[(0, "ok")], "[limits]\nteam = { rpm = 1 }\nobserve = [\"t\"]\n").await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.status(), 200, "observe mode never refuses");
+    assert_eq!(r.headers()["x-sluice-ratelimit-observe"], "would refuse: team `t` RPM limit 1");
+    assert_eq!(mock.hits(), 2);
+}
