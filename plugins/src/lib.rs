@@ -16,6 +16,7 @@ use sluice_core::limits::{LimitStore, Timer};
 pub mod budgets;
 pub mod keys;
 pub mod limits;
+pub mod residency;
 
 /// The plugins' configuration tables, one per plugin, named after the plugin. The gateway's config
 /// file holds each as a top-level table (`[keys]`, ...).
@@ -26,6 +27,8 @@ pub struct PluginsConfig {
     pub limits: Option<limits::LimitsConfig>,
     /// `None`: no `[budgets]` table, the plugin is off.
     pub budgets: Option<budgets::BudgetsConfig>,
+    /// Always on: without constraints it only honours `X-Gateway-Region`.
+    pub residency: residency::ResidencyConfig,
 }
 
 /// The state stores plugins keep their counters in, chosen by the gateway's configuration.
@@ -40,11 +43,12 @@ pub struct Stores {
     pub timer: Arc<dyn Timer>,
 }
 
-/// Builds the plugin chain in its one fixed order: keys → limits → budgets → (residency, pii, cache
-/// as they arrive). Errors name the config key at fault.
+/// Builds the plugin chain in its one fixed order: keys → residency → limits → budgets → (pii,
+/// cache as they arrive). Errors name the config key at fault.
 pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let keys = keys::Keys::new(&config.keys, stores.keys.clone()).map_err(|e| format!("keys.{e}"))?;
-    let mut chain: Vec<Arc<dyn Plugin>> = vec![Arc::new(keys)];
+    let mut chain: Vec<Arc<dyn Plugin>> =
+        vec![Arc::new(keys), Arc::new(residency::ResidencyPlugin::new(config.residency.clone()))];
     if let Some(limits) = &config.limits {
         let wait = sluice_core::duration::parse(&limits.queue_max_wait)
             .map_err(|e| format!("limits.queue_max_wait: {e}"))?;

@@ -59,6 +59,38 @@ impl Identity {
     }
 }
 
+/// Where a request may be served: set by the `residency` plugin, obeyed by routing. A target is
+/// allowed when its region is one of `regions` (when set) and it carries every tag of
+/// `required_tags`. When no target of the model is allowed, the request is refused, never sent
+/// elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Residency {
+    pub regions: Option<Vec<String>>,
+    pub required_tags: Vec<String>,
+}
+
+impl Residency {
+    pub fn admits(&self, region: Option<&str>, tags: &[String]) -> bool {
+        let region_ok = self
+            .regions
+            .as_ref()
+            .is_none_or(|allowed| region.is_some_and(|r| allowed.iter().any(|a| a == r)));
+        region_ok && self.required_tags.iter().all(|t| tags.contains(t))
+    }
+
+    /// For error messages: `regions eu, eu-west; tags baa`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.regions {
+            parts.push(format!("regions {}", r.join(", ")));
+        }
+        if !self.required_tags.is_empty() {
+            parts.push(format!("target tags {}", self.required_tags.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
 /// The concrete choice that served (or last tried to serve) the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetFacts {
@@ -92,6 +124,10 @@ pub struct RequestCtx {
     pub error_code: Option<String>,
     /// The HTTP status the client received.
     pub status: u16,
+    /// The region the client asked for (`X-Gateway-Region`).
+    pub region_hint: Option<String>,
+    /// Where the request may be served (residency plugin); `None`: anywhere.
+    pub residency: Option<Residency>,
     /// Headers plugins add to the response, whatever it is (answers and errors alike).
     pub response_headers: Vec<(&'static str, String)>,
     /// Private per-plugin state, keyed by type.
@@ -115,6 +151,8 @@ impl RequestCtx {
             cost: None,
             error_code: None,
             status: 0,
+            region_hint: None,
+            residency: None,
             response_headers: Vec::new(),
             extensions: Extensions::default(),
         }

@@ -30,7 +30,7 @@ pub mod secret;
 pub mod usage;
 pub mod wire;
 
-pub use ctx::{Endpoint, Identity, RequestCtx};
+pub use ctx::{Endpoint, Identity, RequestCtx, Residency};
 pub use error::{ErrorKind, GatewayError};
 pub use plugin::{Flow, Plugin, Reply};
 pub use usage::Usage;

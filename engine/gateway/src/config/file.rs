@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sluice_plugins::budgets::BudgetsConfig;
 use sluice_plugins::keys::KeysConfig;
 use sluice_plugins::limits::LimitsConfig;
+use sluice_plugins::residency::ResidencyConfig;
 
 use super::pricing::PricingFile;
 
@@ -34,6 +35,9 @@ pub struct ConfigFile {
     /// The price table every request's cost is computed with.
     #[serde(default)]
     pub pricing: PricingFile,
+    /// Plugin `residency`: which regions and target tags requests may be served by.
+    #[serde(default)]
+    pub residency: ResidencyConfig,
     /// Plugin `budgets`: daily and monthly spending budgets per team and key (off when absent).
     pub budgets: Option<BudgetsConfig>,
     /// Where notices (budget warnings) go.
@@ -199,6 +203,9 @@ pub struct ProviderFile {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub region: Option<String>,
+    /// Tags of every target of this provider, for residency rules (e.g. `baa`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
     #[serde(default = "default_first_byte_timeout")]
@@ -264,6 +271,9 @@ pub struct TargetFile {
     pub weight: u32,
     /// Overrides the provider's region.
     pub region: Option<String>,
+    /// Tags added to the provider's for this target.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl Default for ServerFile {

@@ -125,13 +125,21 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                         t.model, prices.origin, prices.as_of, t.model
                     ));
                 }
-                targets.push(Arc::new(Target::new(
-                    provider.clone(),
-                    t.model.clone(),
-                    t.weight,
-                    t.region.clone().or_else(|| provider.region.clone()),
-                    Circuit::new(file.routing.failure_threshold, settings.cooldown),
-                )));
+                targets.push(Arc::new(
+                    Target::new(
+                        provider.clone(),
+                        t.model.clone(),
+                        t.weight,
+                        t.region.clone().or_else(|| provider.region.clone()),
+                        Circuit::new(file.routing.failure_threshold, settings.cooldown),
+                    )
+                    .with_tags({
+                        let mut tags =
+                            file.providers.get(&t.provider).map(|p| p.tags.clone()).unwrap_or_default();
+                        tags.extend(t.tags.iter().cloned());
+                        tags
+                    }),
+                ));
             }
             ranks.push(targets);
         }
@@ -227,6 +235,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             keys: file.keys.clone(),
             limits: file.limits.clone(),
             budgets: file.budgets.clone(),
+            residency: file.residency.clone(),
         },
         &stores,
     )?;

@@ -102,7 +102,22 @@ pub async fn forward(
     // An Anthropic client's request, in OpenAI's form, for targets that are not Anthropic (built on
     // first need; the answer goes back to Anthropic's form in `deliver`).
     let mut as_openai: Option<Request> = None;
-    for target in route.plan() {
+    let mut plan = route.plan();
+    if let Some(residency) = &ctx.core.residency {
+        plan.retain(|t| residency.admits(t.region.as_deref(), &t.tags));
+        if plan.is_empty() {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "No target of model `{}` may serve this request ({}); it is refused, never sent elsewhere.",
+                    request.model,
+                    residency.describe()
+                ),
+            )
+            .with_code("residency_violation"));
+        }
+    }
+    for target in plan {
         if ctx.core.attempts >= gw.settings.max_attempts {
             break;
         }

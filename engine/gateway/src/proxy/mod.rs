@@ -249,6 +249,12 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         ctx.core.endpoint = Some(endpoint);
         ctx.core.credential = inbound::credential(session);
+        ctx.core.region_hint = session
+            .req_header()
+            .headers
+            .get("x-gateway-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         for plugin in &self.plugins {
             plugin.on_headers(&mut ctx.core).await?;
         }

@@ -25,12 +25,19 @@ pub struct Target {
     pub upstream_model: String,
     pub weight: u32,
     pub region: Option<String>,
+    /// Tags for residency rules (e.g. `baa`): the provider's and the target's own.
+    pub tags: Vec<String>,
     pub circuit: Circuit,
     /// Set from a provider's 429 `Retry-After`: the target is out of rotation until then.
     cooled_until: Mutex<Option<Instant>>,
 }
 
 impl Target {
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
     pub fn new(
         provider: Arc<Provider>,
         upstream_model: String,
@@ -44,6 +51,7 @@ impl Target {
             upstream_model,
             weight,
             region,
+            tags: Vec::new(),
             circuit,
             cooled_until: Mutex::new(None),
         }
