@@ -16,6 +16,7 @@ use sluice_core::limits::{LimitStore, Timer};
 pub mod budgets;
 pub mod keys;
 pub mod limits;
+pub mod pii;
 pub mod residency;
 
 /// The plugins' configuration tables, one per plugin, named after the plugin. The gateway's config
@@ -29,6 +30,8 @@ pub struct PluginsConfig {
     pub budgets: Option<budgets::BudgetsConfig>,
     /// Always on: without constraints it only honours `X-Gateway-Region`.
     pub residency: residency::ResidencyConfig,
+    /// Always on, with the default actions unless configured.
+    pub pii: pii::PiiConfig,
 }
 
 /// The state stores plugins keep their counters in, chosen by the gateway's configuration.
@@ -43,8 +46,8 @@ pub struct Stores {
     pub timer: Arc<dyn Timer>,
 }
 
-/// Builds the plugin chain in its one fixed order: keys → residency → limits → budgets → (pii,
-/// cache as they arrive). Errors name the config key at fault.
+/// Builds the plugin chain in its one fixed order: keys → residency → limits → budgets → pii →
+/// (cache when it arrives). Errors name the config key at fault.
 pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let keys = keys::Keys::new(&config.keys, stores.keys.clone()).map_err(|e| format!("keys.{e}"))?;
     let mut chain: Vec<Arc<dyn Plugin>> =
@@ -64,6 +67,7 @@ pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plug
             .map_err(|e| format!("budgets.{e}"))?;
         chain.push(Arc::new(plugin));
     }
+    chain.push(Arc::new(pii::Pii::new(&config.pii).map_err(|e| format!("pii.{e}"))?));
     Ok(chain)
 }
 

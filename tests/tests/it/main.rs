@@ -20,6 +20,7 @@ mod limits;
 mod managed_keys;
 mod messages;
 mod observability;
+mod pii;
 mod residency;
 mod shutdown;
 mod streaming;

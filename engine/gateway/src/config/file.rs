@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sluice_plugins::budgets::BudgetsConfig;
 use sluice_plugins::keys::KeysConfig;
 use sluice_plugins::limits::LimitsConfig;
+use sluice_plugins::pii::PiiConfig;
 use sluice_plugins::residency::ResidencyConfig;
 
 use super::pricing::PricingFile;
@@ -35,6 +36,9 @@ pub struct ConfigFile {
     /// The price table every request's cost is computed with.
     #[serde(default)]
     pub pricing: PricingFile,
+    /// Plugin `pii`: personal data and secrets, blocked or redacted (always on).
+    #[serde(default)]
+    pub pii: PiiConfig,
     /// Plugin `residency`: which regions and target tags requests may be served by.
     #[serde(default)]
     pub residency: ResidencyConfig,

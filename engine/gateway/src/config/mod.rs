@@ -236,6 +236,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             limits: file.limits.clone(),
             budgets: file.budgets.clone(),
             residency: file.residency.clone(),
+            pii: file.pii.clone(),
         },
         &stores,
     )?;

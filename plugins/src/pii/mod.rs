@@ -1,0 +1,288 @@
+//! Plugin `pii`: personal data and secrets never leave unnoticed.
+//!
+//! Every text the model will see is scanned (see [`scanner`]): message contents (strings and text
+//! parts), tool-call arguments, tool results, `system`, `/v1/completions` prompts, `/v1/messages`
+//! blocks, embeddings input. Each kind has an action — `block` (400 naming the kinds found, never
+//! the values), `redact` (the value is replaced by a token like `[EMAIL_1]`, the same value by the
+//! same token within a request, and the provider sees only the token), `log` (counted, passed) or
+//! `off` — set per kind and per team. Defaults: block `ssn`, `card`, `secret`; redact `email`,
+//! `phone`, `iban`. A scanner failure refuses the request (500): it never forwards unscanned text.
+
+pub mod scanner;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_core::ctx::Endpoint;
+use sluice_core::wire::Request;
+use sluice_core::{Flow, GatewayError, Plugin, RequestCtx};
+
+use scanner::{Found, Kind, Scanner};
+
+pub const NAME: &str = "pii";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Block,
+    Redact,
+    Log,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiConfig {
+    /// Action per kind, replacing the default (`ssn = "redact"`, ...).
+    #[serde(default)]
+    pub actions: BTreeMap<String, Action>,
+    /// Per team: actions replacing the configured ones.
+    #[serde(default)]
+    pub teams: BTreeMap<String, BTreeMap<String, Action>>,
+    /// Patterns of your own: `custom.employee_id = { pattern = "EMP-\\d{6}", action = "redact" }`.
+    #[serde(default)]
+    pub custom: BTreeMap<String, CustomKind>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomKind {
+    /// A Vectorscan (PCRE-like) pattern.
+    pub pattern: String,
+    pub action: Action,
+    /// The redaction token's word (default: the name in capitals).
+    pub token: Option<String>,
+}
+
+pub struct Pii {
+    scanner: Scanner,
+    /// Action per kind index, and per team.
+    actions: Vec<Action>,
+    teams: HashMap<String, Vec<Action>>,
+}
+
+fn default_action(kind: &str) -> Action {
+    match kind {
+        "ssn" | "card" | "secret" => Action::Block,
+        _ => Action::Redact,
+    }
+}
+
+impl Pii {
+    pub fn new(config: &PiiConfig) -> Result<Self, String> {
+        let mut kinds: Vec<(Kind, Vec<String>)> = scanner::builtin()
+            .into_iter()
+            .map(|(name, token, patterns, validate)| {
+                (
+                    Kind { name: name.into(), token: token.into(), validate },
+                    patterns.into_iter().map(str::to_owned).collect(),
+                )
+            })
+            .collect();
+        for (name, c) in &config.custom {
+            let token = c.token.clone().unwrap_or_else(|| name.to_ascii_uppercase());
+            kinds.push((Kind { name: name.clone(), token, validate: None }, vec![c.pattern.clone()]));
+        }
+        let scanner = Scanner::new(kinds).map_err(|e| format!("custom: {e}"))?;
+        let resolve = |overrides: &BTreeMap<String, Action>| -> Result<Vec<Action>, String> {
+            for name in overrides.keys() {
+                if !scanner.kinds().iter().any(|k| &k.name == name) {
+                    return Err(format!(
+                        "`{name}` is not a kind (ssn, card, secret, email, phone, iban, or custom)"
+                    ));
+                }
+            }
+            Ok(scanner
+                .kinds()
+                .iter()
+                .map(|k| {
+                    overrides
+                        .get(&k.name)
+                        .or_else(|| config.actions.get(&k.name))
+                        .copied()
+                        .or_else(|| config.custom.get(&k.name).map(|c| c.action))
+                        .unwrap_or_else(|| default_action(&k.name))
+                })
+                .collect())
+        };
+        let actions = resolve(&BTreeMap::new()).map_err(|e| format!("actions: {e}"))?;
+        resolve(&config.actions).map_err(|e| format!("actions: {e}"))?;
+        let mut teams = HashMap::new();
+        for (team, overrides) in &config.teams {
+            teams.insert(team.clone(), resolve(overrides).map_err(|e| format!("teams.{team}: {e}"))?);
+        }
+        Ok(Self { scanner, actions, teams })
+    }
+
+    pub fn scanner(&self) -> &Scanner {
+        &self.scanner
+    }
+}
+
+/// What one request's scan found and did.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Count per kind name.
+    pub counts: BTreeMap<String, usize>,
+    /// Kinds that block, found.
+    pub blocked: Vec<String>,
+    /// Kinds replaced by tokens.
+    pub redacted: Vec<String>,
+}
+
+/// Redaction state of one request: the same value gets the same token.
+struct Redactor<'a> {
+    pii: &'a Pii,
+    actions: &'a [Action],
+    tokens: HashMap<String, String>,
+    next: HashMap<usize, usize>,
+    findings: Findings,
+    failed: Option<String>,
+}
+
+impl Redactor<'_> {
+    fn text(&mut self, s: &mut String) {
+        if self.failed.is_some() {
+            return;
+        }
+        let found = match self.pii.scanner.scan(s.as_bytes()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed = Some(e);
+                return;
+            }
+        };
+        if found.is_empty() {
+            return;
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut at = 0;
+        for Found { kind, from, to } in found {
+            let action = self.actions[kind];
+            if action == Action::Off {
+                continue;
+            }
+            let k = &self.pii.scanner.kinds()[kind];
+            *self.findings.counts.entry(k.name.clone()).or_default() += 1;
+            match action {
+                Action::Block => {
+                    if !self.findings.blocked.contains(&k.name) {
+                        self.findings.blocked.push(k.name.clone());
+                    }
+                }
+                Action::Redact if s.is_char_boundary(from) && s.is_char_boundary(to) => {
+                    let value = s[from..to].to_owned();
+                    let next = &mut self.next;
+                    let token = self
+                        .tokens
+                        .entry(value)
+                        .or_insert_with(|| {
+                            let n = next.entry(kind).or_insert(0);
+                            *n += 1;
+                            format!("[{}_{}]", k.token, n)
+                        })
+                        .clone();
+                    out.push_str(&s[at..from]);
+                    out.push_str(&token);
+                    at = to;
+                    if !self.findings.redacted.contains(&k.name) {
+                        self.findings.redacted.push(k.name.clone());
+                    }
+                }
+                // A match that cannot be cut cleanly is not forwarded either.
+                Action::Redact => self.findings.blocked.push(k.name.clone()),
+                Action::Log | Action::Off => {}
+            }
+        }
+        if at > 0 {
+            out.push_str(&s[at..]);
+            *s = out;
+        }
+    }
+
+    /// Every string inside `v`, except fields that are not text the model reads.
+    fn value(&mut self, v: &mut Value) {
+        match v {
+            Value::String(s) => self.text(s),
+            Value::Array(items) => items.iter_mut().for_each(|i| self.value(i)),
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if !matches!(
+                        k.as_str(),
+                        "role"
+                            | "type"
+                            | "id"
+                            | "tool_call_id"
+                            | "tool_use_id"
+                            | "name"
+                            | "image_url"
+                            | "source"
+                            | "cache_control"
+                            | "media_type"
+                    ) {
+                        self.value(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for Pii {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {
+        if request.endpoint == Endpoint::Models {
+            return Ok(Flow::Continue);
+        }
+        let actions = ctx
+            .identity
+            .as_ref()
+            .and_then(|who| self.teams.get(&who.team))
+            .map_or(self.actions.as_slice(), Vec::as_slice);
+        let mut r = Redactor {
+            pii: self,
+            actions,
+            tokens: HashMap::new(),
+            next: HashMap::new(),
+            findings: Findings::default(),
+            failed: None,
+        };
+        for field in ["messages", "system", "prompt", "input"] {
+            if let Some(v) = request.body.get_mut(field) {
+                r.value(v);
+            }
+        }
+        if let Some(e) = r.failed {
+            log::error!("pii: the scanner failed on request {}: {e}; refusing it", ctx.request_id);
+            return Err(GatewayError::internal(
+                "The gateway could not check this request for personal data, so it was not sent. Please retry.",
+            )
+            .with_code("pii_scan_failed"));
+        }
+        let findings = r.findings;
+        if !findings.counts.is_empty() {
+            log::info!("pii: request {} found {:?}", ctx.request_id, findings.counts);
+        }
+        if !findings.blocked.is_empty() {
+            return Err(GatewayError::invalid_request(format!(
+                "The request contains data that may not be sent to a model provider: {}. Remove it and retry.",
+                findings.blocked.join(", ")
+            ))
+            .with_code("pii_blocked"));
+        }
+        if !findings.redacted.is_empty() {
+            ctx.response_headers.push(("x-sluice-pii-redacted", findings.redacted.join(", ")));
+        }
+        ctx.extensions.insert(findings);
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,254 @@
+//! The PII scanner: one Vectorscan database of every kind's pattern, compiled at start, and the
+//! validators that cut false positives (SSN number rules, Luhn and card prefixes, IBAN mod 97).
+//!
+//! A text is first scanned with a database in single-match mode (each pattern reports at most
+//! once, no start offsets: the cheapest scan, and most texts are clean); only a text with a hit is
+//! scanned again with a start-of-match database for the offsets, and each match is validated.
+//! Scratch space is per thread (Vectorscan's scratch may not be shared).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyperscan::prelude::*;
+
+/// A kind of personal data or secret, with its pattern and validator.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    /// `ssn`, `card`, `secret`, `email`, `phone`, `iban`, or a custom name.
+    pub name: String,
+    /// The redaction token's word, e.g. `EMAIL` for `[EMAIL_1]`.
+    pub token: String,
+    pub validate: Option<Validator>,
+}
+
+/// One match: the kind (index into the scanner's kinds) and its byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub kind: usize,
+    pub from: usize,
+    pub to: usize,
+}
+
+pub struct Scanner {
+    id: u64,
+    kinds: Vec<Kind>,
+    /// Pattern id → kind index.
+    pattern_kind: Vec<usize>,
+    detect: BlockDatabase,
+    locate: BlockDatabase,
+}
+
+thread_local! {
+    /// Per thread, per scanner: scratch for the detect and the locate databases.
+    static SCRATCH: RefCell<HashMap<u64, (Scratch, Scratch)>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A validator of a candidate match's bytes.
+pub type Validator = fn(&[u8]) -> bool;
+
+/// A built-in kind: name, token word, patterns, validator.
+pub type Builtin = (&'static str, &'static str, Vec<&'static str>, Option<Validator>);
+
+/// The built-in kinds.
+pub fn builtin() -> Vec<Builtin> {
+    vec![
+        ("ssn", "SSN", vec![r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"], Some(valid_ssn)),
+        ("card", "CARD", vec![r"\b\d(?:[ -]?\d){12,18}\b"], Some(valid_card)),
+        (
+            "secret",
+            "SECRET",
+            vec![
+                r"sk-ant-[A-Za-z0-9_\-]{20,}",
+                r"\bsk-[A-Za-z0-9_\-]{20,}",
+                r"\bAKIA[0-9A-Z]{16}\b",
+                r"\bgh[pousr]_[A-Za-z0-9]{36,}",
+                r"\bxox[baprs]-[A-Za-z0-9\-]{10,}",
+                r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----",
+                r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+            ],
+            None,
+        ),
+        (
+            "email",
+            "EMAIL",
+            vec![r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b"],
+            None,
+        ),
+        (
+            "phone",
+            "PHONE",
+            vec![
+                r"\+[1-9]\d{7,14}\b",
+                r"\+[1-9]\d{0,2}[ .\-]\d{1,4}(?:[ .\-]\d{2,4}){2,4}\b",
+                r"(?:\(\d{3}\)\s?|\b\d{3}[.\-])\d{3}[.\-]\d{4}\b",
+            ],
+            None,
+        ),
+        (
+            "iban",
+            "IBAN",
+            vec![r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"],
+            Some(valid_iban),
+        ),
+    ]
+}
+
+impl Scanner {
+    /// Compiles the database of `kinds` (each with its patterns). Errors name the bad pattern.
+    pub fn new(kinds: Vec<(Kind, Vec<String>)>) -> Result<Self, String> {
+        let mut detect = Vec::new();
+        let mut locate = Vec::new();
+        let mut pattern_kind = Vec::new();
+        let mut out_kinds = Vec::new();
+        for (k, patterns) in kinds {
+            for expr in patterns {
+                let id = pattern_kind.len();
+                let mut d = Pattern::with_flags(expr.clone(), CompileFlags::SINGLEMATCH)
+                    .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
+                d.id = Some(id);
+                let mut l = Pattern::with_flags(expr.clone(), CompileFlags::SOM_LEFTMOST)
+                    .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
+                l.id = Some(id);
+                detect.push(d);
+                locate.push(l);
+                pattern_kind.push(out_kinds.len());
+            }
+            out_kinds.push(k);
+        }
+        let detect: BlockDatabase =
+            Patterns::from(detect).build().map_err(|e| format!("cannot compile the PII patterns: {e}"))?;
+        let locate: BlockDatabase =
+            Patterns::from(locate).build().map_err(|e| format!("cannot compile the PII patterns: {e}"))?;
+        Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            kinds: out_kinds,
+            pattern_kind,
+            detect,
+            locate,
+        })
+    }
+
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// Every validated match in `text`, non-overlapping (leftmost, then longest). `Err`: the
+    /// scanner failed, and the caller must not let the text through.
+    pub fn scan(&self, text: &[u8]) -> Result<Vec<Found>, String> {
+        SCRATCH.with(|cell| {
+            let mut map = cell.borrow_mut();
+            let (d, l) = match map.entry(self.id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let d = self.detect.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
+                    let l = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
+                    e.insert((d, l))
+                }
+            };
+            let (d, l) = (&*d, &*l);
+            let mut hit = false;
+            self.detect
+                .scan(text, d, |_, _, _, _| {
+                    hit = true;
+                    Matching::Terminate
+                })
+                .or_else(|e| if hit { Ok(()) } else { Err(e) })
+                .map_err(|e| format!("scan: {e}"))?;
+            if !hit {
+                return Ok(Vec::new());
+            }
+            let mut found = Vec::new();
+            self.locate
+                .scan(text, l, |id, from, to, _| {
+                    if let Some(kind) = self.pattern_kind.get(id as usize) {
+                        found.push(Found { kind: *kind, from: from as usize, to: to as usize });
+                    }
+                    Matching::Continue
+                })
+                .map_err(|e| format!("scan: {e}"))?;
+            // SOM_LEFTMOST reports every end for a start: keep the longest per start, then drop
+            // overlaps, then validate.
+            found.sort_by(|a, b| a.from.cmp(&b.from).then(b.to.cmp(&a.to)));
+            let mut kept: Vec<Found> = Vec::new();
+            for f in found {
+                let Some(slice) = text.get(f.from..f.to) else { continue };
+                let valid = self.kinds[f.kind].validate.is_none_or(|v| v(slice));
+                if !valid || kept.last().is_some_and(|k| f.from < k.to) {
+                    continue;
+                }
+                kept.push(f);
+            }
+            Ok(kept)
+        })
+    }
+}
+
+fn digits(s: &[u8]) -> Vec<u8> {
+    s.iter().filter(|b| b.is_ascii_digit()).map(|b| b - b'0').collect()
+}
+
+/// SSN rules: area 001–899 but not 666, group 01–99, serial 0001–9999.
+pub fn valid_ssn(s: &[u8]) -> bool {
+    let d = digits(s);
+    if d.len() != 9 {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| d[r].iter().fold(0u32, |a, x| a * 10 + u32::from(*x));
+    let (area, group, serial) = (n(0..3), n(3..5), n(5..9));
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// Payment cards: 13–19 digits, a known issuer prefix, and the Luhn checksum.
+pub fn valid_card(s: &[u8]) -> bool {
+    let d = digits(s);
+    if !(13..=19).contains(&d.len()) {
+        return false;
+    }
+    let prefix = |n: usize| d[..n].iter().fold(0u32, |a, x| a * 10 + u32::from(*x));
+    let issuer = d[0] == 4
+        || (51..=55).contains(&prefix(2))
+        || (2221..=2720).contains(&prefix(4))
+        || matches!(prefix(2), 34 | 37 | 35 | 36 | 38 | 30 | 62 | 65)
+        || prefix(4) == 6011
+        || (644..=649).contains(&prefix(3));
+    if !issuer {
+        return false;
+    }
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, x)| {
+            let x = u32::from(*x);
+            if i % 2 == 1 {
+                let y = x * 2;
+                if y > 9 { y - 9 } else { y }
+            } else {
+                x
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// IBAN: 15–34 characters, and the ISO 13616 mod-97 check equals 1.
+pub fn valid_iban(s: &[u8]) -> bool {
+    let chars: Vec<u8> = s.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !(15..=34).contains(&chars.len()) {
+        return false;
+    }
+    let rotated = chars[4..].iter().chain(&chars[..4]);
+    let mut rem: u32 = 0;
+    for c in rotated {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+    }
+    rem == 1
+}

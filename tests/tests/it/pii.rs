@@ -1,0 +1,62 @@
+//! Plugin `pii` through the port: blocked kinds never reach a provider, redacted ones reach it as
+//! tokens, on every endpoint that carries text.
+
+use serde_json::json;
+use sluice_tests::openai::MockOpenAi;
+
+use crate::{gateway_with_chain, openai_error, post};
+
+#[tokio::test]
+async fn a_card_number_is_blocked_before_any_provider_sees_it() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let body = json!({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "charge 4111 1111 1111 1111 please"}]}]});
+    let e = openai_error(post(&gw, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["code"], "pii_blocked");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("card") && !msg.contains("1111"), "the kind, never the value: {msg}");
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn emails_and_phones_reach_the_provider_as_tokens_on_every_text_field() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let body = json!({"model": "m", "messages": [
+        {"role": "system", "content": "Reply to jane@example.com"},
+        {"role": "user", "content": "Call me at +14155552671 or mail jane@example.com"},
+        {"role": "tool", "tool_call_id": "c1", "content": "{\"owner\": \"bob@example.org\"}"}]});
+    let r = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sluice-pii-redacted"], "email, phone");
+    let sent = mock.requests().last().unwrap().json();
+    let texts: Vec<&str> =
+        sent["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["Reply to [EMAIL_1]", "Call me at [PHONE_1] or mail [EMAIL_1]", "{\"owner\": \"[EMAIL_2]\"}"]
+    );
+    assert!(!sent.to_string().contains("example.com"));
+
+    let r = post(&gw, "/v1/embeddings", &json!({"model": "m", "input": ["mail jane@example.com"]})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.requests().last().unwrap().json()["input"][0], "mail [EMAIL_1]");
+    let r = post(&gw, "/v1/completions", &json!({"model": "m", "prompt": "key AKIAIOSFODNN7EXAMPLE"})).await;
+    assert_eq!(openai_error(r, 400).await["code"], "pii_blocked");
+}
+
+#[tokio::test]
+async fn a_teams_own_actions_replace_the_defaults() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(
+        &[&mock],
+        &[(0, "ok")],
+        "[pii]\nteams.t = { email = \"off\", ssn = \"redact\" }\n",
+    )
+    .await;
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "jane@example.com 123-45-6789"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", &body).await.status(), 200);
+    assert_eq!(mock.requests().last().unwrap().json()["messages"][0]["content"], "jane@example.com [SSN_1]");
+}
