@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod gemini;
 pub mod openai;
 pub mod postgres;
+pub mod redis_cluster;
 pub mod server;
 pub mod tls;
 pub mod webhook;

@@ -283,3 +283,33 @@ async fn observe_mode_reports_a_refusal_in_a_header_and_serves() {
     assert_eq!(r.headers()["x-sluice-ratelimit-observe"], "would refuse: team `t` RPM limit 1");
     assert_eq!(mock.hits(), 2);
 }
+
+#[tokio::test]
+async fn limits_and_budgets_work_on_a_redis_cluster_one_slot_per_request() {
+    let cluster = sluice_tests::redis_cluster::RedisCluster::start();
+    let mock = MockOpenAi::start().await;
+    // Fail closed: a CROSSSLOT error would refuse requests instead of hiding behind the local limiter.
+    let extra = format!(
+        "[state]\nredis = \"{}\"\n[limits]\nteam = {{ rpm = 4 }}\napp = {{ tpm = 100000 }}\non_store_failure = \"closed\"\n\
+         [budgets]\nteam = {{ daily = \"10.00\" }}\nrefresh = \"0ms\"\n",
+        cluster.url()
+    );
+    let a = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let b = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = post(gw, "/v1/chat/completions", &chat_body("m")).await;
+        statuses.push(r.status().as_u16());
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "the team's 4 per minute hold across both instances"
+    );
+    let h: serde_json::Value =
+        crate::client().get(a.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["redis"], "ok", "no CROSSSLOT or other failure: {h}");
+    assert!(a.stderr().is_empty() || !a.stderr().contains("CROSSSLOT"), "{}", a.stderr());
+}

@@ -99,23 +99,33 @@ thread_local! {
     static CLIENTS: RefCell<HashMap<String, Client>> = RefCell::new(HashMap::new());
 }
 
-/// This thread's connection to `url`, made on first use (commands wait for it, within their
-/// timeout). Shared by every store using the same Redis.
-pub fn thread_client(url: &str, config: &Config) -> Result<Client, StoreError> {
-    CLIENTS.with(|clients| {
+/// This thread's connection to `url`, made on first use. The first use waits (up to 3 s) for the
+/// connection — a Redis Cluster client must first learn the slots and reach every node, which
+/// takes longer than one command's timeout; later commands only wait their own 250 ms. Shared by
+/// every store using the same Redis.
+pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreError> {
+    let (client, fresh) = CLIENTS.with(|clients| {
         if let Some(c) = clients.borrow().get(url) {
-            return Ok(c.clone());
+            return Ok((c.clone(), false));
         }
         let client = Builder::from_config(config.clone())
-            .with_connection_config(|c| c.connection_timeout = Duration::from_millis(500))
+            .with_connection_config(|c| c.connection_timeout = Duration::from_millis(1_000))
             .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| StoreError(e.to_string()))?;
         client.connect();
         clients.borrow_mut().insert(url.to_owned(), client.clone());
-        Ok(client)
-    })
+        Ok::<_, StoreError>((client, true))
+    })?;
+    if fresh {
+        match tokio::time::timeout(Duration::from_secs(3), client.wait_for_connect()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("Redis: first connection failed: {e}"),
+            Err(_) => log::warn!("Redis: no connection within 3 s"),
+        }
+    }
+    Ok(client)
 }
 
 pub struct RedisLimits {
@@ -185,8 +195,8 @@ impl RedisLimits {
         self.healthy.clone()
     }
 
-    fn client(&self) -> Result<Client, StoreError> {
-        thread_client(&self.url, &self.config)
+    async fn client(&self) -> Result<Client, StoreError> {
+        thread_client(&self.url, &self.config).await
     }
 
     fn key(&self, key: &str) -> String {
@@ -230,7 +240,7 @@ impl LimitStore for RedisLimits {
             charges.iter().flat_map(|c| [c.limit as i64, c.period.as_millis() as i64, c.cost as i64]),
         );
         args.extend(folded.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]));
-        let answer: Result<Vec<Vec<i64>>, String> = match self.client() {
+        let answer: Result<Vec<Vec<i64>>, String> = match self.client().await {
             Ok(client) => {
                 self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
             }
@@ -285,7 +295,7 @@ impl LimitStore for RedisLimits {
             let keys: Vec<String> = group.iter().map(|a| self.key(&a.key)).collect();
             let args: Vec<i64> =
                 group.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]).collect();
-            let done: Result<i64, String> = match self.client() {
+            let done: Result<i64, String> = match self.client().await {
                 Ok(client) => {
                     self.adjust.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
                 }

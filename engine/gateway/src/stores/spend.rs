@@ -282,7 +282,7 @@ impl RedisInner {
 
     /// Sends `adds` (counter, amount), one call per org; remembers the new values.
     async fn send(&self, adds: &[(Counter, u64)]) -> Result<Vec<Micros>, String> {
-        let client = thread_client(&self.url, &self.config).map_err(|e| e.0)?;
+        let client = thread_client(&self.url, &self.config).await.map_err(|e| e.0)?;
         let mut by_tag: HashMap<&str, Vec<&(Counter, u64)>> = HashMap::new();
         for add in adds {
             by_tag.entry(tag(&add.0.key)).or_default().push(add);
@@ -315,7 +315,7 @@ impl RedisInner {
     }
 
     async fn try_spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, String> {
-        let client = thread_client(&self.url, &self.config).map_err(|e| e.0)?;
+        let client = thread_client(&self.url, &self.config).await.map_err(|e| e.0)?;
         let keys: Vec<String> = counters.iter().map(|c| self.key(&c.key)).collect();
         let values: Vec<Option<i64>> = client.mget(keys.clone()).await.map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(counters.len());
@@ -443,7 +443,7 @@ impl RedisInner {
     }
 
     async fn first_time(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let answer: Result<Option<String>, String> = match thread_client(&self.url, &self.config) {
+        let answer: Result<Option<String>, String> = match thread_client(&self.url, &self.config).await {
             Ok(client) => client
                 .set(
                     self.key(key),
