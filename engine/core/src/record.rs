@@ -43,6 +43,9 @@ pub struct CostRecord {
     pub stream: bool,
     /// `hit` when the answer came from the gateway's cache, else `miss`.
     pub cache: String,
+    /// PII findings by kind (counts only, never values), for the audit trail.
+    #[serde(default)]
+    pub pii: std::collections::BTreeMap<String, u64>,
 }
 
 impl CostRecord {

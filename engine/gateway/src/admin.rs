@@ -72,7 +72,7 @@ impl AdminApi {
                         self.db(async |c| repo::create_app(c, &id, &team, &name).await).await?
                     }
                 };
-                self.audit_log("create", &v);
+                self.audit("create", &v).await;
                 Ok((201, v))
             }
             ("GET", [kind @ ("orgs" | "teams" | "apps")]) => {
@@ -87,7 +87,7 @@ impl AdminApi {
                 let new: repo::NewKey = serde_json::from_value(read_json(session).await?)
                     .map_err(|e| GatewayError::invalid_request(format!("Invalid key request: {e}")))?;
                 let v = self.db(async |c| repo::issue_key(c, &new).await).await?;
-                self.audit_log("issue", &v);
+                self.audit("issue", &v).await;
                 Ok((201, v))
             }
             ("GET", ["keys"]) => {
@@ -97,14 +97,14 @@ impl AdminApi {
             ("GET", ["keys", id]) => Ok((200, self.db(async |c| repo::get_key(c, id).await).await?)),
             ("POST", ["keys", id, "revoke"]) => {
                 let v = self.db(async |c| repo::revoke_key(c, id).await).await?;
-                self.audit_log("revoke", &v);
+                self.audit("revoke", &v).await;
                 Ok((200, v))
             }
             ("POST", ["keys", id, "rotate"]) => {
                 let body: Value = read_json(session).await?;
                 let grace = body.get("grace").and_then(Value::as_str).map(str::to_owned);
                 let v = self.db(async |c| repo::rotate_key(c, id, grace.as_deref()).await).await?;
-                self.audit_log("rotate", &v);
+                self.audit("rotate", &v).await;
                 Ok((201, v))
             }
             (_, ["spend" | "orgs" | "teams" | "apps" | "keys", ..]) => Err(GatewayError::new(
@@ -131,13 +131,28 @@ impl AdminApi {
         })?
     }
 
-    /// Admin actions go to the log (the audit trail proper arrives with the audit plugin).
-    fn audit_log(&self, action: &str, v: &Value) {
-        log::info!(
-            "admin: {action} {} {}",
-            v.get("object").and_then(Value::as_str).unwrap_or("?"),
-            v.get("id").and_then(Value::as_str).unwrap_or("?")
-        );
+    /// Admin actions go to the log and to the audit trail (never with a key's secret). The action
+    /// itself is already committed: a failure to audit it is logged loudly, not undone.
+    async fn audit(&self, action: &str, v: &Value) {
+        let object = v.get("object").and_then(Value::as_str).unwrap_or("?");
+        let id = v.get("id").and_then(Value::as_str).unwrap_or("?");
+        log::info!("admin: {action} {object} {id}");
+        let Some(db) = &self.reader else { return };
+        let mut detail = v.clone();
+        if let Some(map) = detail.as_object_mut() {
+            map.remove("key");
+        }
+        let entry = crate::audit::Entry::of_admin(&format!("admin.{object}.{action}"), &detail);
+        let done = db
+            .with(std::time::Duration::from_secs(5), async |c| {
+                let tx = c.transaction().await?;
+                crate::audit::append(&tx, vec![entry]).await?;
+                tx.commit().await
+            })
+            .await;
+        if let Err(e) = done {
+            log::error!("admin: {action} {object} {id} was done but could not be audited: {e}");
+        }
     }
 
     async fn spend(&self, query: &str) -> Result<serde_json::Value, GatewayError> {

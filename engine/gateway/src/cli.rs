@@ -6,7 +6,10 @@ use crate::config;
 const USAGE: &str = "usage:
   sluice [--config FILE] [--listen ADDR]   run the gateway (default: the embedded conf/default.toml)
   sluice check-config FILE                 validate a configuration file and exit
-  sluice admin ...                         call the admin API (sluice admin --help)";
+  sluice admin ...                         call the admin API (sluice admin --help)
+  sluice audit verify [--postgres URL] [--day YYYY-MM-DD]
+                                           walk the audit trail's hash chains (URL: also a reference,
+                                           env:NAME or file:PATH; default $SLUICE_POSTGRES_URL)";
 
 enum Command {
     Run { config: Option<String>, listen: Option<String> },
@@ -57,6 +60,9 @@ fn load(path: Option<&str>) -> Result<crate::proxy::Gateway, String> {
 pub fn main() -> i32 {
     crate::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("audit") {
+        return audit_verify(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("admin") {
         if matches!(args.get(1).map(String::as_str), None | Some("-h" | "--help" | "help")) {
             println!("usage:\n{}", crate::admin_cli::USAGE);
@@ -98,6 +104,69 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// `sluice audit verify`: exit 0 when every chain is intact, 1 at the first broken link, 2 on usage
+/// or connection errors.
+fn audit_verify(args: &[String]) -> i32 {
+    let (mut url, mut day) = (std::env::var("SLUICE_POSTGRES_URL").ok(), None);
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("verify") => {}
+        _ => {
+            eprintln!("usage:\n{USAGE}");
+            return 2;
+        }
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--postgres" => url = it.next().cloned(),
+            "--day" => day = it.next().cloned(),
+            other => {
+                eprintln!("sluice audit verify: unknown argument `{other}`");
+                return 2;
+            }
+        }
+    }
+    let Some(url) = url else {
+        eprintln!("sluice audit verify: no database: pass --postgres URL or set SLUICE_POSTGRES_URL");
+        return 2;
+    };
+    let url = if url.starts_with("env:") || url.starts_with("file:") {
+        match sluice_core::secret::Secret::resolve(&url) {
+            Ok(s) => s.expose().to_owned(),
+            Err(e) => {
+                eprintln!("sluice audit verify: --postgres: {e}");
+                return 2;
+            }
+        }
+    } else {
+        url
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
+    rt.block_on(async {
+        let client = match crate::ledger::postgres::connect(&url, std::time::Duration::from_secs(5)).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sluice audit verify: {e}");
+                return 2;
+            }
+        };
+        match crate::audit::verify(&client, day.as_deref()).await {
+            Ok(crate::audit::Verdict::Intact { rows, days }) => {
+                println!("audit trail intact: {rows} rows in {days} daily chains");
+                0
+            }
+            Ok(crate::audit::Verdict::Broken { day, seq, record_id, reason }) => {
+                println!("audit trail BROKEN on {day} at row {seq} (record {record_id}): {reason}");
+                1
+            }
+            Err(e) => {
+                eprintln!("sluice audit verify: cannot read the audit trail: {e}");
+                2
+            }
+        }
+    })
 }
 
 #[cfg(test)]

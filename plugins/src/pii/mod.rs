@@ -272,17 +272,18 @@ impl Plugin for Pii {
         if !findings.counts.is_empty() {
             log::info!("pii: request {} found {:?}", ctx.request_id, findings.counts);
         }
-        if !findings.blocked.is_empty() {
-            return Err(GatewayError::invalid_request(format!(
-                "The request contains data that may not be sent to a model provider: {}. Remove it and retry.",
-                findings.blocked.join(", ")
-            ))
-            .with_code("pii_blocked"));
-        }
+        let blocked = (!findings.blocked.is_empty()).then(|| findings.blocked.join(", "));
         if !findings.redacted.is_empty() {
             ctx.response_headers.push(("x-sluice-pii-redacted", findings.redacted.join(", ")));
         }
+        // Kept for the audit trail, blocked requests included.
         ctx.extensions.insert(findings);
+        if let Some(kinds) = blocked {
+            return Err(GatewayError::invalid_request(format!(
+                "The request contains data that may not be sent to a model provider: {kinds}. Remove it and retry."
+            ))
+            .with_code("pii_blocked"));
+        }
         Ok(Flow::Continue)
     }
 }

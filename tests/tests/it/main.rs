@@ -9,6 +9,7 @@
 
 mod anthropic;
 mod api;
+mod audit;
 mod azure;
 mod budgets;
 mod config;

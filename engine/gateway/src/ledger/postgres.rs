@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../../conf/migrations/0002_cost_records_key_index.sql"),
     ),
     (3, "keys", include_str!("../../../../conf/migrations/0003_keys.sql")),
+    (4, "audit_log", include_str!("../../../../conf/migrations/0004_audit_log.sql")),
 ];
 
 /// Advisory lock keys: migrations and partition creation run one instance at a time.
@@ -112,8 +113,9 @@ impl Writer {
         let attempts: Vec<i32> = records.iter().map(|r| r.attempts.min(i32::MAX as u32) as i32).collect();
         let stream: Vec<bool> = records.iter().map(|r| r.stream).collect();
         let cache: Vec<&str> = records.iter().map(|r| r.cache.as_str()).collect();
-        let n = self
-            .client
+        // Cost records and their audit rows go in together, or not at all.
+        let tx = self.client.transaction().await?;
+        let n = tx
             .execute(
                 "INSERT INTO cost_records (id, request_id, ts, org, team, app, key_id, \"user\", endpoint, model, \
                  provider, target, upstream_model, region, status, error, prompt_tokens, completion_tokens, \
@@ -154,6 +156,8 @@ impl Writer {
                 ],
             )
             .await?;
+        crate::audit::append(&tx, records.iter().map(crate::audit::Entry::of_request).collect()).await?;
+        tx.commit().await?;
         Ok(n)
     }
 

@@ -198,6 +198,7 @@ mod tests {
             attempts: 1,
             stream: false,
             cache: "miss".into(),
+            pii: Default::default(),
         }
     }
 

@@ -140,5 +140,10 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
         attempts: core.attempts,
         stream: core.stream,
         cache: "miss".to_owned(),
+        pii: core
+            .extensions
+            .get::<sluice_plugins::pii::Findings>()
+            .map(|f| f.counts.iter().map(|(k, n)| (k.clone(), *n as u64)).collect())
+            .unwrap_or_default(),
     }
 }

@@ -1,0 +1,260 @@
+//! The audit trail: append-only, hash-chained per UTC day, in PostgreSQL.
+//!
+//! Every API request's audit row is derived from its cost record and written by the ledger's
+//! writer in the same transaction (so it shares the cost records' queue, spool and replay); admin
+//! actions are appended by the admin API. Each day is one chain: a row's `hash` is the SHA-256 of
+//! its content (the [`Entry`] below, serialized with its fields in this order) including the
+//! previous row's hash, and `seq` counts from 1. Appending takes a per-day advisory lock, so
+//! instances never fork a chain; rows already present (a replay) are skipped by record id.
+//! `sluice audit verify` recomputes every chain and names the first broken link.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sluice_core::calendar::date;
+use sluice_core::record::CostRecord;
+use tokio_postgres::{GenericClient, Row, Transaction};
+
+/// Advisory locks of the days' chains: `AUDIT_LOCK + day`.
+const AUDIT_LOCK: i64 = 0x5A5A_0000_0000;
+
+/// What one row's hash covers, in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub day: String,
+    pub seq: i64,
+    pub ts_us: i64,
+    pub record_id: String,
+    pub action: String,
+    pub request_id: Option<String>,
+    pub org: Option<String>,
+    pub team: Option<String>,
+    pub app: Option<String>,
+    pub key_id: Option<String>,
+    pub user: Option<String>,
+    pub model: Option<String>,
+    pub target: Option<String>,
+    pub region: Option<String>,
+    pub status: i32,
+    pub pii: String,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_micros: i64,
+    pub detail: Option<String>,
+    pub prev_hash: String,
+}
+
+impl Entry {
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The audit row of an API request.
+    pub fn of_request(r: &CostRecord) -> Self {
+        Self {
+            day: date(r.day()),
+            seq: 0,
+            ts_us: r.ts_us,
+            record_id: r.id.clone(),
+            action: "request".into(),
+            request_id: Some(r.request_id.clone()),
+            org: r.org.clone(),
+            team: r.team.clone(),
+            app: r.app.clone(),
+            key_id: r.key_id.clone(),
+            user: r.user.clone(),
+            model: r.model.clone(),
+            target: r.target.clone(),
+            region: r.region.clone(),
+            status: i32::from(r.status),
+            pii: r.pii.iter().map(|(k, n)| format!("{k}:{n}")).collect::<Vec<_>>().join(","),
+            tokens_in: r.prompt_tokens.min(i64::MAX as u64) as i64,
+            tokens_out: r.completion_tokens.min(i64::MAX as u64) as i64,
+            cost_micros: r.cost.0.min(i64::MAX as u64) as i64,
+            detail: None,
+            prev_hash: String::new(),
+        }
+    }
+
+    /// The audit row of an admin action (`admin.key.issue`, ...); `detail` never holds a secret.
+    pub fn of_admin(action: &str, detail: &serde_json::Value) -> Self {
+        let ts_us = sluice_core::calendar::unix_us(std::time::SystemTime::now());
+        Self {
+            day: date(ts_us.div_euclid(sluice_core::calendar::DAY_US)),
+            seq: 0,
+            ts_us,
+            record_id: format!("adm_{:032x}", rand::random::<u128>()),
+            action: action.to_owned(),
+            request_id: None,
+            org: None,
+            team: None,
+            app: None,
+            key_id: detail.get("id").and_then(|v| v.as_str()).map(str::to_owned),
+            user: None,
+            model: None,
+            target: None,
+            region: None,
+            status: 0,
+            pii: String::new(),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_micros: 0,
+            detail: Some(detail.to_string()),
+            prev_hash: String::new(),
+        }
+    }
+
+    fn from_row(r: &Row) -> (Self, String) {
+        let day: String = r.get("day_text");
+        (
+            Self {
+                day,
+                seq: r.get("seq"),
+                ts_us: r.get("ts_us"),
+                record_id: r.get("record_id"),
+                action: r.get("action"),
+                request_id: r.get("request_id"),
+                org: r.get("org"),
+                team: r.get("team"),
+                app: r.get("app"),
+                key_id: r.get("key_id"),
+                user: r.get("user"),
+                model: r.get("model"),
+                target: r.get("target"),
+                region: r.get("region"),
+                status: r.get("status"),
+                pii: r.get("pii"),
+                tokens_in: r.get("tokens_in"),
+                tokens_out: r.get("tokens_out"),
+                cost_micros: r.get("cost_micros"),
+                detail: r.get("detail"),
+                prev_hash: r.get("prev_hash"),
+            },
+            r.get("hash"),
+        )
+    }
+}
+
+/// The first `prev_hash` of a day's chain.
+fn genesis(day: &str) -> String {
+    format!("sluice-audit-genesis-{day}")
+}
+
+/// Appends entries (in order) to their days' chains, skipping record ids already there.
+pub async fn append(tx: &Transaction<'_>, entries: Vec<Entry>) -> Result<u64, tokio_postgres::Error> {
+    let mut days: Vec<String> = entries.iter().map(|e| e.day.clone()).collect();
+    days.sort();
+    days.dedup();
+    let mut written = 0;
+    for day in days {
+        let day_number = parse_day(&day);
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(AUDIT_LOCK + day_number)]).await?;
+        let (from, to) = (day.clone(), date(day_number + 1));
+        let name = format!("audit_log_{}", day.replace('-', ""));
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_log FOR VALUES FROM ('{from}') TO ('{to}')"
+        ))
+        .await?;
+        let mine: Vec<&Entry> = entries.iter().filter(|e| e.day == day).collect();
+        let ids: Vec<&str> = mine.iter().map(|e| e.record_id.as_str()).collect();
+        let present: HashSet<String> = tx
+            .query(
+                "SELECT record_id FROM audit_log WHERE day = $1::text::date AND record_id = ANY($2)",
+                &[&day, &ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let last = tx
+            .query_opt(
+                "SELECT seq, hash FROM audit_log WHERE day = $1::text::date ORDER BY seq DESC LIMIT 1",
+                &[&day],
+            )
+            .await?;
+        let (mut seq, mut prev): (i64, String) = last.map_or((0, genesis(&day)), |r| (r.get(0), r.get(1)));
+        for e in mine.into_iter().filter(|e| !present.contains(&e.record_id)) {
+            seq += 1;
+            let mut e = e.clone();
+            e.seq = seq;
+            e.prev_hash = prev.clone();
+            let hash = e.hash();
+            tx.execute(
+                "INSERT INTO audit_log (day, seq, ts_us, record_id, action, request_id, org, team, app, key_id, \"user\", \
+                 model, target, region, status, pii, tokens_in, tokens_out, cost_micros, detail, prev_hash, hash) \
+                 VALUES ($1::text::date, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                &[
+                    &e.day, &e.seq, &e.ts_us, &e.record_id, &e.action, &e.request_id, &e.org, &e.team, &e.app, &e.key_id,
+                    &e.user, &e.model, &e.target, &e.region, &e.status, &e.pii, &e.tokens_in, &e.tokens_out,
+                    &e.cost_micros, &e.detail, &e.prev_hash, &hash,
+                ],
+            )
+            .await?;
+            prev = hash;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+fn parse_day(day: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| day.get(r).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    sluice_core::calendar::days_from_civil(n(0..4), n(5..7), n(8..10))
+}
+
+/// What `verify` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Intact { rows: u64, days: u64 },
+    Broken { day: String, seq: i64, record_id: String, reason: String },
+}
+
+/// Recomputes every chain (or one day's), in order; stops at the first broken link.
+pub async fn verify(c: &impl GenericClient, day: Option<&str>) -> Result<Verdict, tokio_postgres::Error> {
+    let days: Vec<String> = match day {
+        Some(d) => vec![d.to_owned()],
+        None => c
+            .query("SELECT DISTINCT day::text FROM audit_log ORDER BY 1", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    let (mut rows, mut n_days) = (0, 0);
+    for day in days {
+        n_days += 1;
+        let stream = c
+            .query(
+                "SELECT day::text AS day_text, * FROM audit_log WHERE day = $1::text::date ORDER BY seq",
+                &[&day],
+            )
+            .await?;
+        let mut prev = genesis(&day);
+        for (i, row) in stream.iter().enumerate() {
+            let (entry, stored) = Entry::from_row(row);
+            let broken = |reason: &str| Verdict::Broken {
+                day: day.clone(),
+                seq: entry.seq,
+                record_id: entry.record_id.clone(),
+                reason: reason.to_owned(),
+            };
+            if entry.seq != i as i64 + 1 {
+                return Ok(broken(&format!("expected seq {}: a row is missing or was inserted", i + 1)));
+            }
+            if entry.prev_hash != prev {
+                return Ok(broken(
+                    "its prev_hash is not the previous row's hash: a row before it was changed or removed",
+                ));
+            }
+            if entry.hash() != stored {
+                return Ok(broken("its content does not match its hash: the row was changed"));
+            }
+            prev = stored;
+            rows += 1;
+        }
+    }
+    Ok(Verdict::Intact { rows, days: n_days })
+}

@@ -1,0 +1,92 @@
+//! The audit trail through the port: one hash-chained row per request (PII findings by kind, never
+//! values) and per admin action; UPDATE refused by the table; an edit made behind the gateway's back
+//! found by `sluice audit verify`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_tests::openai::MockOpenAi;
+use sluice_tests::postgres::TestDb;
+
+use crate::{BIN, chat_body, gateway_with_chain, post};
+
+fn verify(db: &TestDb) -> (i32, String) {
+    let out = Command::new(BIN).args(["audit", "verify", "--postgres", &db.url()]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test]
+async fn every_request_is_audited_in_a_hash_chain_that_detects_tampering() {
+    let db = TestDb::create().await;
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[state]\npostgres = \"{}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n\
+         [admin]\nlisten = \"127.0.0.1:{{admin_port}}\"\ntoken = \"file:{{dir}}/admin.token\"\n",
+        db.url()
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let pii = json!({"model": "m", "messages": [{"role": "user", "content": "mail jane@example.com, ssn 123-45-6789"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", &pii).await.status(), 400);
+    let redacted = json!({"model": "m", "messages": [{"role": "user", "content": "mail jane@example.com"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", &redacted).await.status(), 200);
+    let admin = crate::client()
+        .post(format!("http://127.0.0.1:{}/admin/orgs", gw.admin_port))
+        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 201);
+
+    let pg = db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = pg.query("SELECT action, status, pii, team, hash FROM audit_log ORDER BY seq", &[]).await;
+        if let Ok(rows) = rows
+            && rows.len() >= 4
+        {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let actions: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(actions.contains(&"admin.org.create".to_owned()), "{actions:?}");
+    let pii_cells: Vec<(i32, String)> =
+        rows.iter().filter(|r| r.get::<_, String>(0) == "request").map(|r| (r.get(1), r.get(2))).collect();
+    assert!(pii_cells.contains(&(400, "email:1,ssn:1".to_owned())), "{pii_cells:?}");
+    assert!(pii_cells.contains(&(200, "email:1".to_owned())), "{pii_cells:?}");
+    let everything: String = rows.iter().map(|r| format!("{:?}", r)).collect();
+    assert!(
+        !everything.contains("jane@example.com") && !everything.contains("6789"),
+        "no value is ever stored"
+    );
+
+    let (code, out) = verify(&db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 4 rows"), "{out}");
+
+    // The table refuses changes, even from the gateway's own connection.
+    let e = pg.execute("UPDATE audit_log SET status = 200 WHERE status = 400", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("append-only") || format!("{e:?}").contains("append-only"), "{e:?}");
+    assert!(pg.execute("DELETE FROM audit_log", &[]).await.is_err());
+
+    // A superuser who switches the trigger off and edits a row is found out.
+    let partition: String =
+        pg.query_one("SELECT tableoid::regclass::text FROM audit_log LIMIT 1", &[]).await.unwrap().get(0);
+    pg.batch_execute(&format!(
+        "ALTER TABLE {partition} DISABLE TRIGGER ALL; \
+         UPDATE {partition} SET status = 200 WHERE status = 400; \
+         ALTER TABLE {partition} ENABLE TRIGGER ALL;"
+    ))
+    .await
+    .unwrap();
+    let (code, out) = verify(&db);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BROKEN") && out.contains("does not match its hash"), "{out}");
+}
