@@ -74,6 +74,24 @@ pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plug
 /// What the plugins' unit tests share.
 #[cfg(test)]
 pub(crate) mod test_support {
+    use sluice_core::{Identity, RequestCtx};
+
+    /// A request context whose caller is key `k` of org `acme`, team `team`, app `checkout`.
+    pub fn ctx(team: &str) -> RequestCtx {
+        let mut c = RequestCtx::new("r".into());
+        c.identity = Some(Identity {
+            key_id: "k".into(),
+            org: "acme".into(),
+            team: team.into(),
+            app: "checkout".into(),
+            user: None,
+            allowed_models: None,
+            allowed_regions: None,
+            tags: Vec::new(),
+        });
+        c
+    }
+
     /// Runs a future that never waits on I/O (plugins with in-memory stores) to completion.
     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         let mut f = std::pin::pin!(f);

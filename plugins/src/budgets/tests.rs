@@ -55,18 +55,7 @@ fn noon() -> SystemTime {
 }
 
 fn ctx() -> RequestCtx {
-    let mut c = RequestCtx::new("r".into());
-    c.identity = Some(Identity {
-        key_id: "k1".into(),
-        org: "acme".into(),
-        team: "pay".into(),
-        app: "checkout".into(),
-        user: None,
-        allowed_models: None,
-        allowed_regions: None,
-        tags: Vec::new(),
-    });
-    c
+    crate::test_support::ctx("pay")
 }
 
 fn request() -> Request {
@@ -132,12 +121,12 @@ fn key_budgets_and_monthly_budgets_apply_beside_the_team_ones() {
         team: Some(Budget { daily: Some("1.00".into()), monthly: None }),
         ..Default::default()
     };
-    config.keys.insert("k1".into(), Budget { daily: None, monthly: Some("0.000050".into()) });
+    config.keys.insert("k".into(), Budget { daily: None, monthly: Some("0.000050".into()) });
     let (b, _) = plugin(config);
     assert!(spend(&b, 50).1.is_none());
     let e = spend(&b, 1).1.expect("the key's monthly budget is spent");
     assert!(
-        e.message.contains("key `k1` monthly budget") && e.message.contains("2026-12-01"),
+        e.message.contains("key `k` monthly budget") && e.message.contains("2026-12-01"),
         "{}",
         e.message
     );

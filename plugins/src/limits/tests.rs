@@ -61,18 +61,7 @@ fn limits(config: LimitsConfig) -> (Limits, Arc<TestTimer>) {
 }
 
 fn ctx() -> RequestCtx {
-    let mut c = RequestCtx::new("r".into());
-    c.identity = Some(Identity {
-        key_id: "k".into(),
-        org: "acme".into(),
-        team: "pay".into(),
-        app: "checkout".into(),
-        user: None,
-        allowed_models: None,
-        allowed_regions: None,
-        tags: Vec::new(),
-    });
-    c
+    crate::test_support::ctx("pay")
 }
 
 fn request(max_tokens: u64) -> Request {

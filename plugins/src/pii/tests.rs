@@ -1,5 +1,3 @@
-use sluice_core::Identity;
-
 use super::*;
 use crate::test_support::block_on;
 
@@ -71,18 +69,7 @@ fn the_corpus_is_classified_right() {
 }
 
 fn ctx(team: &str) -> RequestCtx {
-    let mut c = RequestCtx::new("r".into());
-    c.identity = Some(Identity {
-        key_id: "k".into(),
-        org: "o".into(),
-        team: team.into(),
-        app: "a".into(),
-        user: None,
-        allowed_models: None,
-        allowed_regions: None,
-        tags: Vec::new(),
-    });
-    c
+    crate::test_support::ctx(team)
 }
 
 fn request(body: &str) -> Request {

@@ -1,21 +1,14 @@
-use sluice_core::Identity;
 use sluice_core::ctx::Endpoint;
 
 use super::*;
 use crate::test_support::block_on;
 
 fn ctx(regions: Option<Vec<&str>>, tags: &[&str], hint: Option<&str>) -> RequestCtx {
-    let mut c = RequestCtx::new("r".into());
-    c.identity = Some(Identity {
-        key_id: "k".into(),
-        org: "o".into(),
-        team: "t".into(),
-        app: "a".into(),
-        user: None,
-        allowed_models: None,
-        allowed_regions: regions.map(|r| r.into_iter().map(str::to_owned).collect()),
-        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-    });
+    let mut c = crate::test_support::ctx("t");
+    if let Some(who) = c.identity.as_mut() {
+        who.allowed_regions = regions.map(|r| r.into_iter().map(str::to_owned).collect());
+        who.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    }
     c.region_hint = hint.map(str::to_owned);
     c
 }

@@ -120,6 +120,31 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
     assert!(h["redis"].as_str().unwrap().starts_with("unreachable"));
 }
 
+/// Sends `n` requests at once, alternating between `a` and `b`; returns how many were admitted.
+/// A 429 or a 503 (fail closed) is a refusal; anything else fails the test.
+async fn fire(a: &TestGateway, b: &TestGateway, n: usize, body: &serde_json::Value) -> u64 {
+    let client = crate::client();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let url = if i % 2 == 0 { a.url("/v1/chat/completions") } else { b.url("/v1/chat/completions") };
+            let (client, body) = (client.clone(), body.clone());
+            tokio::spawn(async move {
+                let r = client.post(url).bearer_auth(crate::KEY).json(&body).send().await.unwrap();
+                let status = r.status().as_u16();
+                r.bytes().await.unwrap();
+                status
+            })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(matches!(status, 200 | 429 | 503), "unexpected {status}");
+        admitted += u64::from(status == 200);
+    }
+    admitted
+}
+
 #[tokio::test]
 async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     let mock = MockOpenAi::start().await;
@@ -128,25 +153,7 @@ async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     // request is refused (503) instead of counted against a local bucket.
     let (a, b) = two_instances(&mock, "team = { rpm = 100 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
-    let client = crate::client();
-    let tasks: Vec<_> = (0..300)
-        .map(|i| {
-            let url = if i % 2 == 0 { a.url("/v1/chat/completions") } else { b.url("/v1/chat/completions") };
-            let client = client.clone();
-            tokio::spawn(async move {
-                let r = client.post(url).bearer_auth(crate::KEY).json(&chat_body("m")).send().await.unwrap();
-                r.status().as_u16()
-            })
-        })
-        .collect();
-    let mut admitted = 0u64;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => admitted += 1,
-            429 | 503 => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let admitted = fire(&a, &b, 300, &chat_body("m")).await;
     // What the bucket holds (100) plus what refilled while the test ran (100 per minute).
     let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as u64;
     let bound = 100 + refilled;
@@ -162,28 +169,8 @@ async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
     // bound the real use, and the correction hands back the difference.
     let (a, b) = two_instances(&mock, "team = { tpm = 1000 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
-    let client = crate::client();
     let body = serde_json::json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello there"}]});
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let url = if i % 2 == 0 { a.url("/v1/chat/completions") } else { b.url("/v1/chat/completions") };
-            let (client, body) = (client.clone(), body.clone());
-            tokio::spawn(async move {
-                let r = client.post(url).bearer_auth(crate::KEY).json(&body).send().await.unwrap();
-                let status = r.status().as_u16();
-                r.bytes().await.unwrap();
-                status
-            })
-        })
-        .collect();
-    let mut admitted = 0u64;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => admitted += 1,
-            429 | 503 => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let admitted = fire(&a, &b, 200, &body).await;
     let used = admitted * 18;
     let refilled = (started.elapsed().as_secs_f64() * 1000.0 / 60.0).ceil() as u64;
     let bound = 1000 + refilled;
