@@ -1,48 +1,67 @@
 //! PostgreSQL off the ledger's write path: spend reports, the sums that rebuild lost budget
-//! counters, and the admin API's reads and writes of orgs, teams, apps and keys. One lazily opened
-//! connection (migrated on open), reopened after an error.
+//! counters, managed-key lookups the cache missed, and the admin API's reads and writes. A small
+//! pool (deadpool-postgres, 4 connections, opened on demand); the schema is migrated on first use.
 
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sluice_core::budgets::{Dimension, SpendScope};
-use tokio::sync::Mutex;
-use tokio_postgres::Client;
+use tokio::sync::OnceCell;
+use tokio_postgres::{Client, NoTls};
 
 use crate::ledger::postgres;
 use crate::ledger::spend::{SpendQuery, SpendRow};
 
+/// Connections the pool opens at most.
+const POOL_SIZE: usize = 4;
+
 pub struct Db {
-    url: String,
-    client: Mutex<Option<Client>>,
+    pool: Pool,
+    migrated: OnceCell<()>,
 }
 
 impl Db {
-    pub fn new(url: String) -> Self {
-        Self { url, client: Mutex::new(None) }
+    /// `url` is checked by configuration before it gets here.
+    pub fn new(url: String) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+        config.connect_timeout(Duration::from_secs(3));
+        if config.get_application_name().is_none() {
+            config.application_name("sluice");
+        }
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
+        Ok(Self { pool, migrated: OnceCell::new() })
     }
 
-    /// Runs `f` on the connection (opening and migrating it first); drops the connection if `f`
-    /// fails. Errors are sentences.
+    /// Runs `f` on a pooled connection (the schema migrated first, once); a connection whose call
+    /// failed or timed out is not reused. Errors are sentences.
     pub async fn with<T>(
         &self,
         timeout: Duration,
         f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, String> {
-        let mut guard = self.client.lock().await;
-        if guard.is_none() {
-            let mut client = postgres::connect(&self.url, timeout).await?;
-            postgres::migrate(&mut client).await.map_err(|e| format!("cannot migrate the schema: {e}"))?;
-            *guard = Some(client);
-        }
-        let Some(client) = guard.as_mut() else { return Err("no database connection".into()) };
-        match tokio::time::timeout(timeout, f(client)).await {
+        let mut client = tokio::time::timeout(timeout, self.pool.get())
+            .await
+            .map_err(|_| "no database connection within the deadline".to_owned())?
+            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        self.migrated
+            .get_or_try_init(|| async {
+                postgres::migrate(&mut client).await.map_err(|e| format!("cannot migrate the schema: {e}"))
+            })
+            .await?;
+        match tokio::time::timeout(timeout, f(&mut client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                *guard = None;
+                drop(Object::take(client));
                 Err(format!("the database query failed: {e}"))
             }
             Err(_) => {
-                *guard = None;
+                drop(Object::take(client));
                 Err("the database did not answer in time".into())
             }
         }

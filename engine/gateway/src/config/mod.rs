@@ -174,7 +174,10 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         metrics.records.clone(),
     ));
     // Budget counters are rebuilt from the ledger when they are missing (PostgreSQL only).
-    let reader = ledger.postgres_url().map(|url| Arc::new(Db::new(url.to_owned())));
+    let reader = match ledger.postgres_url() {
+        Some(url) => Some(Arc::new(Db::new(url.to_owned()).map_err(|e| format!("state.postgres: {e}"))?)),
+        None => None,
+    };
     let seeder = reader.clone().map(|r| Arc::new(Seeder::new(r)));
     // Limit and spend counters live in Redis when configured (shared by instances), else in memory.
     let (limits_store, spend_store, redis_healthy): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
