@@ -176,28 +176,66 @@ pub async fn append(tx: &Transaction<'_>, entries: Vec<Entry>) -> Result<u64, to
             )
             .await?;
         let (mut seq, mut prev): (i64, String) = last.map_or((0, genesis(&day)), |r| (r.get(0), r.get(1)));
+        let mut rows: Vec<(Entry, String)> = Vec::new();
         for e in mine.into_iter().filter(|e| !present.contains(&e.record_id)) {
             seq += 1;
             let mut e = e.clone();
             e.seq = seq;
-            e.prev_hash = prev.clone();
+            e.prev_hash = prev;
             let hash = e.hash();
-            tx.execute(
-                "INSERT INTO audit_log (day, seq, ts_us, record_id, action, request_id, org, team, app, key_id, \"user\", \
-                 model, target, region, status, pii, tokens_in, tokens_out, cost_micros, detail, prev_hash, hash) \
-                 VALUES ($1::text::date, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-                &[
-                    &e.day, &e.seq, &e.ts_us, &e.record_id, &e.action, &e.request_id, &e.org, &e.team, &e.app, &e.key_id,
-                    &e.user, &e.model, &e.target, &e.region, &e.status, &e.pii, &e.tokens_in, &e.tokens_out,
-                    &e.cost_micros, &e.detail, &e.prev_hash, &hash,
-                ],
-            )
-            .await?;
-            prev = hash;
-            written += 1;
+            prev = hash.clone();
+            rows.push((e, hash));
         }
+        written += insert(tx, &rows).await?;
     }
     Ok(written)
+}
+
+/// One multi-row INSERT of chained rows.
+async fn insert(tx: &Transaction<'_>, rows: &[(Entry, String)]) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let text = |f: fn(&Entry) -> String| rows.iter().map(|(e, _)| f(e)).collect::<Vec<String>>();
+    let opt =
+        |f: fn(&Entry) -> Option<String>| rows.iter().map(|(e, _)| f(e)).collect::<Vec<Option<String>>>();
+    let int = |f: fn(&Entry) -> i64| rows.iter().map(|(e, _)| f(e)).collect::<Vec<i64>>();
+    let status: Vec<i32> = rows.iter().map(|(e, _)| e.status).collect();
+    let hashes: Vec<&str> = rows.iter().map(|(_, h)| h.as_str()).collect();
+    tx.execute(
+        "INSERT INTO audit_log (day, seq, ts_us, record_id, action, request_id, org, team, app, key_id, \"user\", \
+         model, target, region, status, pii, tokens_in, tokens_out, cost_micros, detail, prev_hash, hash) \
+         SELECT d::date, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h FROM unnest(\
+         $1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[], \
+         $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], $21::text[], $22::text[]) \
+         AS x(d, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h)",
+        &[
+            &text(|e| e.day.clone()),
+            &int(|e| e.seq),
+            &int(|e| e.ts_us),
+            &text(|e| e.record_id.clone()),
+            &text(|e| e.action.clone()),
+            &opt(|e| e.request_id.clone()),
+            &opt(|e| e.org.clone()),
+            &opt(|e| e.team.clone()),
+            &opt(|e| e.app.clone()),
+            &opt(|e| e.key_id.clone()),
+            &opt(|e| e.user.clone()),
+            &opt(|e| e.model.clone()),
+            &opt(|e| e.target.clone()),
+            &opt(|e| e.region.clone()),
+            &status,
+            &text(|e| e.pii.clone()),
+            &int(|e| e.tokens_in),
+            &int(|e| e.tokens_out),
+            &int(|e| e.cost_micros),
+            &opt(|e| e.detail.clone()),
+            &text(|e| e.prev_hash.clone()),
+            &hashes,
+        ],
+    )
+    .await
 }
 
 fn parse_day(day: &str) -> i64 {

@@ -123,7 +123,7 @@ fn default_records_retry() -> String {
     "2s".into()
 }
 fn default_memory_records() -> usize {
-    100_000
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
