@@ -34,6 +34,21 @@ pub fn date(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The day number of a `YYYY-MM-DD` date; `None` for anything else, impossible dates included.
+pub fn parse_date(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let day = days_from_civil(y, m, d);
+    (civil_from_days(day) == (y, m, d)).then_some(day)
+}
+
 /// The day numbers of the first day of `day`'s month and of the next month.
 pub fn month_of(day: i64) -> (i64, i64) {
     let (y, m, _) = civil_from_days(day);
@@ -62,5 +77,9 @@ mod tests {
         let (first, next) = month_of(20_787);
         assert_eq!((date(first), date(next)), ("2026-11-01".into(), "2026-12-01".into()));
         assert_eq!(date(month_of(days_from_civil(2026, 12, 31)).1), "2027-01-01");
+        assert_eq!(parse_date("2026-11-30"), Some(20_787));
+        for bad in ["2026-02-30", "2026-13-01", "26-11-30", "2026/11/30", "2é2-11-30", "é026-11-3"] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
     }
 }

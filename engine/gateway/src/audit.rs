@@ -150,7 +150,7 @@ pub async fn append(tx: &Transaction<'_>, entries: Vec<Entry>) -> Result<u64, to
     days.dedup();
     let mut written = 0;
     for day in days {
-        let day_number = parse_day(&day);
+        let day_number = sluice_core::calendar::parse_date(&day).unwrap_or_default();
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(AUDIT_LOCK + day_number)]).await?;
         let (from, to) = (day.clone(), date(day_number + 1));
         let name = format!("audit_log_{}", day.replace('-', ""));
@@ -236,11 +236,6 @@ async fn insert(tx: &Transaction<'_>, rows: &[(Entry, String)]) -> Result<u64, t
         ],
     )
     .await
-}
-
-fn parse_day(day: &str) -> i64 {
-    let n = |r: std::ops::Range<usize>| day.get(r).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    sluice_core::calendar::days_from_civil(n(0..4), n(5..7), n(8..10))
 }
 
 /// What `verify` found.

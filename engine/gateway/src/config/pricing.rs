@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sluice_core::calendar::parse_date;
 use sluice_core::money::{Micros, Price, Pricing};
 
 /// The embedded price table.
@@ -81,7 +82,7 @@ pub fn load(config: &PricingFile) -> Result<LoadedPricing, String> {
         None => (PRICING_TOML.to_owned(), "the embedded conf/pricing.toml".to_owned()),
     };
     let table: PriceTableFile = toml::from_str(&text).map_err(|e| format!("pricing.file: {origin}: {e}"))?;
-    if !is_date(&table.as_of) {
+    if parse_date(&table.as_of).is_none() {
         return Err(format!(
             "pricing.file: {origin}: as_of: `{}` is not a date like 2025-08-15",
             table.as_of
@@ -98,21 +99,10 @@ pub fn load(config: &PricingFile) -> Result<LoadedPricing, String> {
     Ok(LoadedPricing { pricing: Pricing::new(prices, default), as_of: table.as_of, origin })
 }
 
-fn is_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-}
-
 /// Days from `as_of` (`YYYY-MM-DD`) to now, for the staleness warning.
 pub fn age_days(as_of: &str) -> Option<i64> {
-    let y: i64 = as_of.get(0..4)?.parse().ok()?;
-    let m: i64 = as_of.get(5..7)?.parse().ok()?;
-    let d: i64 = as_of.get(8..10)?.parse().ok()?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(now / 86_400 - sluice_core::calendar::days_from_civil(y, m, d))
+    Some(now / 86_400 - parse_date(as_of)?)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sluice_core::money::Micros;
 use sluice_core::record::CostRecord;
 
-use sluice_core::calendar::{civil_from_days, date, days_from_civil, month_of};
+use sluice_core::calendar::{date, month_of, parse_date};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dimension {
@@ -190,19 +190,6 @@ impl SpendQuery {
             "records_pending": pending,
         })
     }
-}
-
-fn parse_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, m, d) = (s[0..4].parse().ok()?, s[5..7].parse().ok()?, s[8..10].parse().ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let day = days_from_civil(y, m, d);
-    (civil_from_days(day) == (y, m, d)).then_some(day)
 }
 
 /// Decodes `%XX` and `+` in a query value.

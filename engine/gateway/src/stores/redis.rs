@@ -152,7 +152,7 @@ struct Pending {
 const FOLD_WINDOW: Duration = Duration::from_millis(100);
 
 /// The hash tag of a key (`{org:acme}` of `{org:acme}:team:t:tpm`), or the whole key.
-fn tag(key: &str) -> &str {
+pub(crate) fn tag(key: &str) -> &str {
     match (key.starts_with('{'), key.find('}')) {
         (true, Some(end)) => &key[..=end],
         _ => key,

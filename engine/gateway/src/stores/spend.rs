@@ -28,7 +28,7 @@ use sluice_core::budgets::{Counter, SpendStore};
 use sluice_core::limits::StoreError;
 use sluice_core::money::Micros;
 
-use super::redis::thread_client;
+use super::redis::{tag, thread_client};
 use crate::db::Db;
 
 /// How long a failed rebuild is not retried for the same counter.
@@ -200,14 +200,6 @@ struct Unsent {
     since: Option<Instant>,
 }
 
-/// The hash tag of a key (`{org:acme}`), or the whole key.
-fn tag(key: &str) -> &str {
-    match (key.starts_with('{'), key.find('}')) {
-        (true, Some(end)) => &key[..=end],
-        _ => key,
-    }
-}
-
 impl RedisInner {
     /// Sends everything unsent (the scheduled flush).
     async fn flush(&self) {
@@ -229,30 +221,6 @@ impl RedisInner {
                 }
             }
         }
-    }
-
-    /// `healthy` is shared with the limits store: one Redis, one health flag.
-    fn new(
-        url: &str,
-        prefix: &str,
-        seeder: Option<Arc<Seeder>>,
-        healthy: Arc<AtomicBool>,
-        refresh: Duration,
-    ) -> Result<Self, String> {
-        Ok(Self {
-            url: url.to_owned(),
-            config: Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?,
-            prefix: prefix.to_owned(),
-            add: Script::from_lua(ADD),
-            seed: Script::from_lua(SEED),
-            fallback: MemorySpend::new(seeder.clone()),
-            seeder,
-            healthy,
-            scheduled: AtomicBool::new(false),
-            seen: Mutex::new(HashMap::new()),
-            refresh,
-            unsent: Mutex::default(),
-        })
     }
 
     fn remember(&self, counters: &[Counter], values: &[Micros]) {
@@ -342,52 +310,7 @@ impl RedisInner {
         }
         Ok(out)
     }
-}
 
-impl RedisSpend {
-    /// `healthy` is shared with the limits store: one Redis, one health flag. `refresh`: see the
-    /// module's notes.
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        seeder: Option<Arc<Seeder>>,
-        healthy: Arc<AtomicBool>,
-        refresh: Duration,
-    ) -> Result<Self, String> {
-        RedisInner::new(url, prefix, seeder, healthy, refresh).map(|inner| Self(Arc::new(inner)))
-    }
-}
-
-#[async_trait]
-impl SpendStore for RedisSpend {
-    async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
-        self.0.spent(counters).await
-    }
-
-    async fn add(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
-        if self.0.defer(counters, amount) {
-            if !self.0.scheduled.swap(true, Ordering::Relaxed) {
-                let inner = self.0.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(inner.refresh).await;
-                    inner.flush().await;
-                });
-            }
-            return Ok(self.0.estimate(counters));
-        }
-        self.0.add_now(counters, amount).await
-    }
-
-    async fn first_time(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.0.first_time(key, ttl).await
-    }
-
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-}
-
-impl RedisInner {
     async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
         if let Some(values) = self.recent(counters) {
             return Ok(values);
@@ -463,5 +386,61 @@ impl RedisInner {
                 self.fallback.first_time(key, ttl).await
             }
         }
+    }
+}
+
+impl RedisSpend {
+    /// `healthy` is shared with the limits store: one Redis, one health flag. `refresh`: see the
+    /// module's notes.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        seeder: Option<Arc<Seeder>>,
+        healthy: Arc<AtomicBool>,
+        refresh: Duration,
+    ) -> Result<Self, String> {
+        Ok(Self(Arc::new(RedisInner {
+            url: url.to_owned(),
+            config: Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?,
+            prefix: prefix.to_owned(),
+            add: Script::from_lua(ADD),
+            seed: Script::from_lua(SEED),
+            fallback: MemorySpend::new(seeder.clone()),
+            seeder,
+            healthy,
+            scheduled: AtomicBool::new(false),
+            seen: Mutex::new(HashMap::new()),
+            refresh,
+            unsent: Mutex::default(),
+        })))
+    }
+}
+
+#[async_trait]
+impl SpendStore for RedisSpend {
+    async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
+        self.0.spent(counters).await
+    }
+
+    async fn add(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
+        if self.0.defer(counters, amount) {
+            if !self.0.scheduled.swap(true, Ordering::Relaxed) {
+                let inner = self.0.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(inner.refresh).await;
+                    inner.flush().await;
+                });
+            }
+            return Ok(self.0.estimate(counters));
+        }
+        self.0.add_now(counters, amount).await
+    }
+
+    async fn first_time(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.0.first_time(key, ttl).await
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
     }
 }
