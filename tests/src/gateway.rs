@@ -22,6 +22,8 @@ pub struct TestGateway {
     child: Option<Child>,
     dir: PathBuf,
     with_config: bool,
+    /// The admin API is on (the embedded default, or a config naming `{admin_port}`).
+    with_admin: bool,
 }
 
 impl TestGateway {
@@ -62,7 +64,9 @@ impl TestGateway {
             }
             std::fs::write(&path, text).expect("write config");
         }
-        let mut gw = Self { port: 0, admin_port, child: None, dir, with_config: config.is_some() };
+        let with_admin = config.is_none_or(|c| c.contains("{admin_port}"));
+        let mut gw =
+            Self { port: 0, admin_port, child: None, dir, with_config: config.is_some(), with_admin };
         gw.spawn(bin).await;
         gw
     }
@@ -75,6 +79,9 @@ impl TestGateway {
             let mut command = Command::new(bin);
             if self.with_config {
                 command.arg("--config").arg(self.dir.join("sluice.toml"));
+            } else {
+                // The embedded default's admin API, moved off its fixed port.
+                command.arg("--admin-listen").arg(format!("127.0.0.1:{}", self.admin_port));
             }
             let log = |name: &str| {
                 Stdio::from(
@@ -122,6 +129,8 @@ impl TestGateway {
             if let Ok(r) = client.get(self.url("/health")).send().await
                 && let Ok(body) = r.text().await
                 && !body.contains("\"status\":\"starting\"")
+                && (!self.with_admin
+                    || tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await.is_ok())
             {
                 return true;
             }

@@ -27,6 +27,12 @@ impl Secret {
         Err("expected a secret reference `env:NAME` or `file:PATH`, not a literal value".to_owned())
     }
 
+    /// A literal written in the configuration: only for local demos (the embedded default's demo
+    /// key and admin token); the caller decides where that is acceptable.
+    pub fn demo(literal: &str) -> Self {
+        Self(literal.to_owned())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::db::Db;
-use crate::keystore::repo;
+use crate::keystore::{Directory, repo};
 use crate::ledger::Ledger;
 use crate::ledger::spend::SpendQuery;
 use async_trait::async_trait;
@@ -25,11 +25,17 @@ pub struct AdminApi {
     token_hash: [u8; 32],
     ledger: Arc<Ledger>,
     reader: Option<Arc<Db>>,
+    directory: Arc<dyn Directory>,
 }
 
 impl AdminApi {
-    pub fn new(token: &Secret, ledger: Arc<Ledger>, reader: Option<Arc<Db>>) -> Self {
-        Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, reader }
+    pub fn new(
+        token: &Secret,
+        ledger: Arc<Ledger>,
+        reader: Option<Arc<Db>>,
+        directory: Arc<dyn Directory>,
+    ) -> Self {
+        Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, reader, directory }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -61,17 +67,12 @@ impl AdminApi {
                 let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
                 let id = text("id").ok_or_else(|| missing("id"))?;
                 let name = text("name").unwrap_or_else(|| id.clone());
-                let v = match *kind {
-                    "orgs" => self.db(async |c| repo::create_org(c, &id, &name).await).await?,
-                    "teams" => {
-                        let org = text("org").ok_or_else(|| missing("org"))?;
-                        self.db(async |c| repo::create_team(c, &id, &org, &name).await).await?
-                    }
-                    _ => {
-                        let team = text("team").ok_or_else(|| missing("team"))?;
-                        self.db(async |c| repo::create_app(c, &id, &team, &name).await).await?
-                    }
+                let parent = match *kind {
+                    "orgs" => None,
+                    "teams" => Some(text("org").ok_or_else(|| missing("org"))?),
+                    _ => Some(text("team").ok_or_else(|| missing("team"))?),
                 };
+                let v = self.directory.create(kind, &id, &name, parent.as_deref()).await?;
                 self.audit("create", &v).await;
                 Ok((201, v))
             }
@@ -81,29 +82,29 @@ impl AdminApi {
                     "apps" => param("team"),
                     _ => None,
                 };
-                Ok((200, self.db(async |c| repo::list(c, kind, parent.as_deref()).await).await?))
+                Ok((200, self.directory.list(kind, parent.as_deref()).await?))
             }
             ("POST", ["keys"]) => {
                 let new: repo::NewKey = serde_json::from_value(read_json(session).await?)
                     .map_err(|e| GatewayError::invalid_request(format!("Invalid key request: {e}")))?;
-                let v = self.db(async |c| repo::issue_key(c, &new).await).await?;
+                let v = self.directory.issue_key(&new).await?;
                 self.audit("issue", &v).await;
                 Ok((201, v))
             }
             ("GET", ["keys"]) => {
                 let (app, team) = (param("app"), param("team"));
-                Ok((200, self.db(async |c| repo::list_keys(c, app.as_deref(), team.as_deref()).await).await?))
+                Ok((200, self.directory.list_keys(app.as_deref(), team.as_deref()).await?))
             }
-            ("GET", ["keys", id]) => Ok((200, self.db(async |c| repo::get_key(c, id).await).await?)),
+            ("GET", ["keys", id]) => Ok((200, self.directory.get_key(id).await?)),
             ("POST", ["keys", id, "revoke"]) => {
-                let v = self.db(async |c| repo::revoke_key(c, id).await).await?;
+                let v = self.directory.revoke_key(id).await?;
                 self.audit("revoke", &v).await;
                 Ok((200, v))
             }
             ("POST", ["keys", id, "rotate"]) => {
                 let body: Value = read_json(session).await?;
                 let grace = body.get("grace").and_then(Value::as_str).map(str::to_owned);
-                let v = self.db(async |c| repo::rotate_key(c, id, grace.as_deref()).await).await?;
+                let v = self.directory.rotate_key(id, grace.as_deref()).await?;
                 self.audit("rotate", &v).await;
                 Ok((201, v))
             }
@@ -113,22 +114,6 @@ impl AdminApi {
             )),
             _ => Err(GatewayError::new(ErrorKind::NotFound, format!("Invalid URL ({method} {path})"))),
         }
-    }
-
-    /// Runs an admin operation on the database.
-    async fn db(
-        &self,
-        f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<Value, GatewayError>,
-    ) -> Result<Value, GatewayError> {
-        let Some(db) = &self.reader else {
-            return Err(GatewayError::new(
-                ErrorKind::NotFound,
-                "Orgs, teams, apps and managed keys need PostgreSQL: set [state] postgres.",
-            ));
-        };
-        db.with(std::time::Duration::from_secs(5), async |c| Ok(f(c).await)).await.map_err(|e| {
-            GatewayError::new(ErrorKind::Unavailable, format!("The database is unavailable: {e}"))
-        })?
     }
 
     /// Admin actions go to the log and to the audit trail (never with a key's secret). The action

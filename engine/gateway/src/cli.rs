@@ -4,7 +4,8 @@
 use crate::config;
 
 const USAGE: &str = "usage:
-  sluice [--config FILE] [--listen ADDR]   run the gateway (default: the embedded conf/default.toml)
+  sluice [--config FILE] [--listen ADDR] [--admin-listen ADDR]
+                                           run the gateway (default: the embedded conf/default.toml)
   sluice check-config FILE                 validate a configuration file and exit
   sluice admin ...                         call the admin API (sluice admin --help)
   sluice audit verify [--postgres URL] [--day YYYY-MM-DD]
@@ -12,7 +13,7 @@ const USAGE: &str = "usage:
                                            env:NAME or file:PATH; default $SLUICE_POSTGRES_URL)";
 
 enum Command {
-    Run { config: Option<String>, listen: Option<String> },
+    Run { config: Option<String>, listen: Option<String>, admin_listen: Option<String> },
     Check { file: String },
     Help,
 }
@@ -25,7 +26,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         },
         Some("-h" | "--help" | "help") => Ok(Command::Help),
         _ => {
-            let (mut config, mut listen) = (None, None);
+            let (mut config, mut listen, mut admin_listen) = (None, None, None);
             let mut it = args.iter();
             while let Some(a) = it.next() {
                 let (flag, inline) = match a.split_once('=') {
@@ -35,6 +36,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 let slot = match flag {
                     "--config" | "-c" => &mut config,
                     "--listen" | "-l" => &mut listen,
+                    "--admin-listen" => &mut admin_listen,
                     other => return Err(format!("unknown argument `{other}`")),
                 };
                 let value = match inline {
@@ -43,7 +45,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 };
                 *slot = Some(value);
             }
-            Ok(Command::Run { config, listen })
+            Ok(Command::Run { config, listen, admin_listen })
         }
     }
 }
@@ -92,8 +94,10 @@ pub fn main() -> i32 {
                 1
             }
         },
-        Command::Run { config, listen } => {
-            let result = load(config.as_deref()).and_then(|gw| crate::server::run(gw, listen));
+        Command::Run { config, listen, admin_listen } => {
+            let result = load(config.as_deref())
+                .and_then(|gw| with_admin_listen(gw, admin_listen))
+                .and_then(|gw| crate::server::run(gw, listen));
             match result {
                 Ok(()) => 0,
                 Err(e) => {
@@ -104,6 +108,24 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// `--admin-listen` moves the admin API (a demo token stays on loopback addresses).
+fn with_admin_listen(
+    mut gw: crate::proxy::Gateway,
+    addr: Option<String>,
+) -> Result<crate::proxy::Gateway, String> {
+    let Some(addr) = addr else { return Ok(gw) };
+    let Some((listen, _)) = gw.settings.admin.as_mut() else {
+        return Err("--admin-listen: the configuration has no [admin] section".into());
+    };
+    if gw.settings.admin_demo_token && !config::is_loopback(&addr) {
+        return Err(format!(
+            "--admin-listen: the admin API has a demo token, so it stays on loopback, not `{addr}`"
+        ));
+    }
+    *listen = addr;
+    Ok(gw)
 }
 
 /// `sluice audit verify`: exit 0 when every chain is intact, 1 at the first broken link, 2 on usage
@@ -179,13 +201,21 @@ mod tests {
 
     #[test]
     fn parses_the_two_commands() {
-        assert!(matches!(parse_args(&args(&[])), Ok(Command::Run { config: None, listen: None })));
-        let Ok(Command::Run { config, listen }) =
-            parse_args(&args(&["--config", "a.toml", "--listen=127.0.0.1:1"]))
-        else {
+        assert!(matches!(
+            parse_args(&args(&[])),
+            Ok(Command::Run { config: None, listen: None, admin_listen: None })
+        ));
+        let Ok(Command::Run { config, listen, admin_listen }) = parse_args(&args(&[
+            "--config",
+            "a.toml",
+            "--listen=127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:2",
+        ])) else {
             panic!("run")
         };
         assert_eq!((config.as_deref(), listen.as_deref()), (Some("a.toml"), Some("127.0.0.1:1")));
+        assert_eq!(admin_listen.as_deref(), Some("127.0.0.1:2"));
         assert!(matches!(parse_args(&args(&["check-config", "f"])), Ok(Command::Check { .. })));
         assert!(parse_args(&args(&["--bogus"])).is_err());
         assert!(parse_args(&args(&["--config"])).is_err());

@@ -90,6 +90,10 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     if let Some(keys) = &gateway.managed {
         keys.start()?;
     }
+    if let Some(keys) = &gateway.memory_keys {
+        keys.start()?;
+    }
+    let directory = gateway.directory.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
     let conf = ServerConf {
@@ -110,9 +114,13 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         tls_settings.enable_h2();
         proxy.add_tls_with_settings(&tls.listen, None, tls_settings);
     }
-    let admin = settings.admin.as_ref().map(|(listen, token)| {
-        (listen.clone(), crate::admin::AdminApi::new(token, gateway_ledger.clone(), gateway_reader.clone()))
-    });
+    let admin = match (settings.admin.as_ref(), directory) {
+        (Some((listen, token)), Some(directory)) => Some((
+            listen.clone(),
+            crate::admin::AdminApi::new(token, gateway_ledger.clone(), gateway_reader.clone(), directory),
+        )),
+        _ => None,
+    };
     server.add_service(proxy);
     if let Some((admin_listen, api)) = admin {
         let mut svc = pingora::services::listening::Service::new("admin".into(), api);

@@ -1,5 +1,7 @@
 //! Managed keys through the port: issued with `sluice admin`, kept in PostgreSQL (own database per
 //! test), answered from each instance's cache; revocation, rotation with grace, expiry, reminders.
+//! The single-instance rules are proven again with the keys in memory (no PostgreSQL), as the
+//! embedded default keeps them.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,12 +14,12 @@ use sluice_tests::webhook::WebhookReceiver;
 
 use crate::{BIN, chat_body, client, gateway_with_chain};
 
-/// A gateway with managed keys in `db`, its admin API on, and `extra` config.
-async fn gateway(mock: &MockOpenAi, db: &TestDb, extra: &str) -> TestGateway {
+/// A gateway with managed keys in `db` (in memory without one), its admin API on, and `extra` config.
+async fn gateway(mock: &MockOpenAi, db: Option<&TestDb>, extra: &str) -> TestGateway {
+    let state = db.map_or(String::new(), |db| format!("[state]\npostgres = \"{}\"\n", db.url()));
     let config = format!(
-        "[state]\npostgres = \"{}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n\
-         [admin]\nlisten = \"127.0.0.1:{{admin_port}}\"\ntoken = \"file:{{dir}}/admin.token\"\n{extra}",
-        db.url()
+        "{state}[records]\nspool_dir = \"{{dir}}/spool\"\n\
+         [admin]\nlisten = \"127.0.0.1:{{admin_port}}\"\ntoken = \"file:{{dir}}/admin.token\"\n{extra}"
     );
     gateway_with_chain(&[mock], &[(0, "ok")], &config).await
 }
@@ -52,7 +54,16 @@ async fn call(gw: &TestGateway, key: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_key_issued_with_the_cli_works_and_is_listed_without_its_secret() {
     let (db, mock) = (TestDb::create().await, MockOpenAi::start().await);
-    let gw = gateway(&mock, &db, "").await;
+    issue_use_and_list(gateway(&mock, Some(&db), "").await).await;
+}
+
+#[tokio::test]
+async fn in_memory_a_key_issued_with_the_cli_works_and_is_listed_without_its_secret() {
+    let mock = MockOpenAi::start().await;
+    issue_use_and_list(gateway(&mock, None, "").await).await;
+}
+
+async fn issue_use_and_list(gw: TestGateway) {
     let issued = setup(&gw, "--name prod --user svc-checkout --models m --tags pci");
     let secret = issued["key"].as_str().unwrap().to_owned();
     let id = issued["id"].as_str().unwrap().to_owned();
@@ -96,7 +107,7 @@ async fn a_key_issued_with_the_cli_works_and_is_listed_without_its_secret() {
 #[tokio::test]
 async fn the_admin_cli_reports_errors_in_a_sentence() {
     let (db, mock) = (TestDb::create().await, MockOpenAi::start().await);
-    let gw = gateway(&mock, &db, "").await;
+    let gw = gateway(&mock, Some(&db), "").await;
     admin(&gw, "orgs create acme");
     let out = Command::new(BIN)
         .args(["admin", "--url", &format!("http://127.0.0.1:{}", gw.admin_port)])
@@ -128,8 +139,8 @@ async fn the_admin_cli_reports_errors_in_a_sentence() {
 #[tokio::test]
 async fn a_revoked_key_stops_working_on_another_instance_within_a_second() {
     let (db, mock) = (TestDb::create().await, MockOpenAi::start().await);
-    let a = gateway(&mock, &db, "").await;
-    let b = gateway(&mock, &db, "").await;
+    let a = gateway(&mock, Some(&db), "").await;
+    let b = gateway(&mock, Some(&db), "").await;
     let issued = setup(&a, "");
     let (secret, id) =
         (issued["key"].as_str().unwrap().to_owned(), issued["id"].as_str().unwrap().to_owned());
@@ -158,12 +169,24 @@ async fn a_revoked_key_stops_working_on_another_instance_within_a_second() {
 #[tokio::test]
 async fn rotation_keeps_the_old_key_for_its_grace_then_only_the_new_one_works() {
     let (db, mock) = (TestDb::create().await, MockOpenAi::start().await);
-    let gw = gateway(&mock, &db, "").await;
+    rotate_with_grace(gateway(&mock, Some(&db), "").await).await;
+}
+
+#[tokio::test]
+async fn in_memory_rotation_keeps_the_old_key_for_its_grace_then_only_the_new_one_works() {
+    let mock = MockOpenAi::start().await;
+    rotate_with_grace(gateway(&mock, None, "").await).await;
+}
+
+async fn rotate_with_grace(gw: TestGateway) {
     let old = setup(&gw, "--name prod");
     let old_secret = old["key"].as_str().unwrap().to_owned();
     // A grace long enough for a loaded CI machine to make both calls inside it.
     let rotated_at = Instant::now();
     let rotated = admin(&gw, &format!("keys rotate {} --grace 8s", old["id"].as_str().unwrap()));
+    // The grace began between the two instants: both keys work until `rotated_at` + 8 s at least,
+    // and the old one is gone by `answered_at` + 8 s at the latest.
+    let answered_at = Instant::now();
     let new_secret = rotated["key"].as_str().unwrap().to_owned();
     assert_ne!(new_secret, old_secret);
     assert_eq!(rotated["name"], "prod", "the new key carries the old one's rights and name");
@@ -175,7 +198,7 @@ async fn rotation_keeps_the_old_key_for_its_grace_then_only_the_new_one_works() 
         r.bytes().await.unwrap();
     }
     assert!(rotated_at.elapsed() < Duration::from_secs(8), "the calls above took the whole grace period");
-    tokio::time::sleep(Duration::from_millis(8_300).saturating_sub(rotated_at.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(8_100).saturating_sub(answered_at.elapsed())).await;
     let e = crate::openai_error(call(&gw, &old_secret).await, 401).await;
     assert!(e["message"].as_str().unwrap().contains("has expired"), "{e}");
     assert_eq!(call(&gw, &new_secret).await.status(), 200);
@@ -187,12 +210,25 @@ async fn expiry_reminders_go_to_the_webhook_once_per_threshold_across_instances(
     let hook = WebhookReceiver::start().await;
     let extra =
         format!("[keys]\nreminder_interval = \"100ms\"\n[notifications]\nwebhook = \"{}\"\n", hook.url());
-    let a = gateway(&mock, &db, &extra).await;
-    let _b = gateway(&mock, &db, &extra).await;
-    let ten_days = setup(&a, "--name ten --expires-in 10d");
-    let two_days = admin(&a, "keys create --app checkout --name two --expires-in 36h");
-    let forever = admin(&a, "keys create --app checkout --name forever --expires-in never");
-    let later = admin(&a, "keys create --app checkout --name later --expires-in 30d");
+    let a = gateway(&mock, Some(&db), &extra).await;
+    let _b = gateway(&mock, Some(&db), &extra).await;
+    reminders_once(&a, &hook).await;
+}
+
+#[tokio::test]
+async fn in_memory_expiry_reminders_go_to_the_webhook_once_per_threshold() {
+    let mock = MockOpenAi::start().await;
+    let hook = WebhookReceiver::start().await;
+    let extra =
+        format!("[keys]\nreminder_interval = \"100ms\"\n[notifications]\nwebhook = \"{}\"\n", hook.url());
+    reminders_once(&gateway(&mock, None, &extra).await, &hook).await;
+}
+
+async fn reminders_once(a: &TestGateway, hook: &WebhookReceiver) {
+    let ten_days = setup(a, "--name ten --expires-in 10d");
+    let two_days = admin(a, "keys create --app checkout --name two --expires-in 36h");
+    let forever = admin(a, "keys create --app checkout --name forever --expires-in never");
+    let later = admin(a, "keys create --app checkout --name later --expires-in 30d");
     let notices = hook.wait_for(2, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let notices_after = hook.received();
@@ -210,4 +246,51 @@ async fn expiry_reminders_go_to_the_webhook_once_per_threshold_across_instances(
     for quiet in [&forever, &later] {
         assert!(notices.iter().all(|n| n["details"]["key_id"] != quiet["id"]), "no reminder for {quiet}");
     }
+}
+
+#[tokio::test]
+async fn the_embedded_default_issues_and_revokes_keys_in_memory_with_its_demo_admin_token() {
+    let gw = TestGateway::start_default(BIN).await;
+    let run = |args: &str| {
+        let out = Command::new(BIN)
+            .arg("admin")
+            .args(args.split_whitespace())
+            .env("SLUICE_ADMIN_URL", format!("http://127.0.0.1:{}", gw.admin_port))
+            .env("SLUICE_ADMIN_TOKEN", "sluice-admin-demo")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sluice admin {args}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    run("orgs create acme");
+    run("teams create payments --org acme");
+    run("apps create checkout --team payments");
+    let issued = run("keys create --app checkout --models gpt-4o-mini");
+    let secret = issued["key"].as_str().unwrap().to_owned();
+    let chat = |key: String| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = chat(secret.clone()).await;
+    assert_eq!(r.status(), 200, "a key issued on the embedded default works at once");
+    r.bytes().await.unwrap();
+    assert_eq!(run("teams list")["data"][0]["org"], "acme");
+    run(&format!("keys revoke {}", issued["id"].as_str().unwrap()));
+    let e = crate::openai_error(chat(secret).await, 401).await;
+    assert!(e["message"].as_str().unwrap().contains("was revoked"), "{e}");
+    let wrong = client()
+        .get(format!("http://127.0.0.1:{}/admin/keys", gw.admin_port))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "the demo token is still a token");
 }

@@ -68,7 +68,10 @@ pub struct AdminFile {
     /// Keep it off the public interface, e.g. `127.0.0.1:9090`.
     pub listen: String,
     /// `env:NAME` or `file:PATH`: the bearer token every admin call must present.
-    pub token: String,
+    pub token: Option<String>,
+    /// A literal token instead, for local demos such as the embedded default: accepted only when
+    /// `listen` is a loopback address.
+    pub demo_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -16,7 +16,8 @@ use sluice_core::secret::Secret;
 use sluice_plugins::{PluginsConfig, Stores};
 
 use crate::db::Db;
-use crate::keystore::{KeySettings, ManagedKeys};
+use crate::keystore::memory::MemoryKeys;
+use crate::keystore::{Directory, KeySettings, ManagedKeys, PgDirectory};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::metrics::Metrics;
 use crate::notify::Webhook;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub cooldown: Duration,
     /// The admin API: its listen address and token.
     pub admin: Option<(String, Secret)>,
+    /// The admin token is a literal demo token (so the admin API must stay on loopback).
+    pub admin_demo_token: bool,
 }
 
 /// Parses a TOML document; `origin` names it in errors.
@@ -66,11 +69,10 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         max_attempts: file.routing.max_attempts.max(1),
         cooldown: duration(&file.routing.cooldown, "routing.cooldown")?,
         admin: match &file.admin {
-            Some(a) => {
-                Some((a.listen.clone(), Secret::resolve(&a.token).map_err(|e| format!("admin.token: {e}"))?))
-            }
+            Some(a) => Some((a.listen.clone(), admin_token(a)?)),
             None => None,
         },
+        admin_demo_token: file.admin.as_ref().is_some_and(|a| a.demo_token.is_some()),
     };
     if settings.max_body_bytes == 0 {
         return Err("server.max_body_bytes: must be above 0".into());
@@ -213,24 +215,40 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         Some(w) => w.clone(),
         None => Arc::new(NoNotifier),
     };
-    // Managed keys live in PostgreSQL, beside the ledger.
-    let managed = match (&ledger.postgres_url(), &reader) {
-        (Some(url), Some(db)) => Some(Arc::new(ManagedKeys::new(
-            (*url).to_owned(),
-            db.clone(),
-            KeySettings {
-                refresh: duration(&file.keys.refresh, "keys.refresh")?,
-                reminder_interval: duration(&file.keys.reminder_interval, "keys.reminder_interval")?,
-            },
-            notifier.clone(),
-        ))),
-        _ => None,
+    // Managed keys live in PostgreSQL, beside the ledger; without it, in this process (when the
+    // admin API is on to issue them).
+    let key_settings = KeySettings {
+        refresh: duration(&file.keys.refresh, "keys.refresh")?,
+        reminder_interval: duration(&file.keys.reminder_interval, "keys.reminder_interval")?,
+    };
+    let (managed, memory_keys, directory): (_, _, Option<Arc<dyn Directory>>) =
+        match (&ledger.postgres_url(), &reader) {
+            (Some(url), Some(db)) => (
+                Some(Arc::new(ManagedKeys::new(
+                    (*url).to_owned(),
+                    db.clone(),
+                    key_settings,
+                    notifier.clone(),
+                ))),
+                None,
+                Some(Arc::new(PgDirectory(db.clone()))),
+            ),
+            _ if file.admin.is_some() => {
+                let keys = Arc::new(MemoryKeys::new(notifier.clone(), key_settings.reminder_interval));
+                (None, Some(keys.clone()), Some(keys))
+            }
+            _ => (None, None, None),
+        };
+    let key_store: Option<Arc<dyn sluice_core::keys::KeyStore>> = match (&managed, &memory_keys) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(m)) => Some(m.clone()),
+        (None, None) => None,
     };
     let stores = Stores {
         limits: limits_store,
         spend: spend_store,
         notifier,
-        keys: managed.clone().map(|m| m as Arc<dyn sluice_core::keys::KeyStore>),
+        keys: key_store,
         timer: Arc::new(crate::stores::TokioTimer),
     };
     let plugins = sluice_plugins::chain(
@@ -251,11 +269,35 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         reader,
         webhook,
         managed,
+        memory_keys,
+        directory,
         plugins,
         metrics,
         lifecycle: Default::default(),
         redis_healthy,
     })
+}
+
+/// The admin token: a reference, or a literal demo token on a loopback listener only.
+fn admin_token(a: &file::AdminFile) -> Result<Secret, String> {
+    match (&a.token, &a.demo_token) {
+        (Some(reference), None) => Secret::resolve(reference).map_err(|e| format!("admin.token: {e}")),
+        (None, Some(literal)) if is_loopback(&a.listen) && !literal.is_empty() => Ok(Secret::demo(literal)),
+        (None, Some(_)) => Err(format!(
+            "admin.demo_token: a literal token is only accepted on a loopback listener (127.0.0.1, [::1] \
+             or localhost), not `{}`; use token = \"env:NAME\" or \"file:PATH\"",
+            a.listen
+        )),
+        _ => Err("admin: set exactly one of `token` (env:NAME or file:PATH) or `demo_token`".into()),
+    }
+}
+
+/// Whether a listen address only accepts connections from this machine.
+pub fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen.strip_prefix("localhost:").is_some_and(|port| port.parse::<u16>().is_ok()),
+    }
 }
 
 fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
@@ -410,6 +452,25 @@ mod tests {
     fn the_embedded_default_builds() {
         let gw = build(parse(DEFAULT_TOML, "default.toml").unwrap()).unwrap();
         assert!(!gw.router.routes.is_empty());
+        assert!(gw.directory.is_some() && gw.memory_keys.is_some(), "the default manages keys in memory");
+        assert!(gw.settings.admin_demo_token);
+    }
+
+    #[test]
+    fn a_literal_admin_token_stays_on_loopback() {
+        let admin = |listen: &str, rest: &str| {
+            let text = format!("[providers.m]\nkind = \"mock\"\n[admin]\nlisten = \"{listen}\"\n{rest}");
+            build(parse(&text, "t").unwrap()).err()
+        };
+        assert!(admin("127.0.0.1:9090", "demo_token = \"t\"").is_none());
+        assert!(admin("[::1]:9090", "demo_token = \"t\"").is_none());
+        assert!(admin("localhost:9090", "demo_token = \"t\"").is_none());
+        let e = admin("0.0.0.0:9090", "demo_token = \"t\"").unwrap();
+        assert!(e.contains("only accepted on a loopback listener"), "{e}");
+        let e = admin("127.0.0.1:9090", "").unwrap();
+        assert!(e.contains("exactly one of `token`"), "{e}");
+        let e = admin("127.0.0.1:9090", "token = \"literal\"").unwrap();
+        assert!(e.starts_with("admin.token"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! The same background thread sends expiry reminders 14, 7 and 1 days before a key expires, each
 //! once across instances (a conditional UPDATE decides who sends it).
 
+pub mod memory;
 pub mod repo;
 
 use std::collections::HashMap;
@@ -21,14 +22,96 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use serde_json::Value;
 use sluice_core::budgets::Notifier;
 use sluice_core::keys::{KeyRecord, KeyStore};
 use sluice_core::limits::StoreError;
+use sluice_core::{ErrorKind, GatewayError};
 use tokio_postgres::AsyncMessage;
 
 use crate::db::Db;
 use crate::ledger::postgres;
 
+/// Orgs, teams, apps and keys as the admin API changes them: in PostgreSQL ([`PgDirectory`]) or,
+/// for the embedded default, in this process ([`memory::MemoryKeys`]). Both answer the same JSON.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// Creates an org, team or app (`kind`: `orgs`, `teams`, `apps`) under `parent`.
+    async fn create(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<Value, GatewayError>;
+    /// Orgs, teams or apps, optionally those of one parent.
+    async fn list(&self, kind: &str, parent: Option<&str>) -> Result<Value, GatewayError>;
+    /// Issues a key; the answer is the only place its secret ever appears.
+    async fn issue_key(&self, new: &repo::NewKey) -> Result<Value, GatewayError>;
+    async fn list_keys(&self, app: Option<&str>, team: Option<&str>) -> Result<Value, GatewayError>;
+    async fn get_key(&self, id: &str) -> Result<Value, GatewayError>;
+    async fn revoke_key(&self, id: &str) -> Result<Value, GatewayError>;
+    /// A new key with the same rights now; the old one keeps working for `grace` (24 h by default).
+    async fn rotate_key(&self, id: &str, grace: Option<&str>) -> Result<Value, GatewayError>;
+}
+
+/// The directory in PostgreSQL: every change is announced to every instance (`NOTIFY`).
+pub struct PgDirectory(pub Arc<Db>);
+
+impl PgDirectory {
+    async fn run(
+        &self,
+        f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<Value, GatewayError>,
+    ) -> Result<Value, GatewayError> {
+        self.0.with(ADMIN_TIMEOUT, async |c| Ok(f(c).await)).await.map_err(|e| {
+            GatewayError::new(ErrorKind::Unavailable, format!("The database is unavailable: {e}"))
+        })?
+    }
+}
+
+#[async_trait]
+impl Directory for PgDirectory {
+    async fn create(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<Value, GatewayError> {
+        let parent = parent.unwrap_or_default();
+        match kind {
+            "orgs" => self.run(async |c| repo::create_org(c, id, name).await).await,
+            "teams" => self.run(async |c| repo::create_team(c, id, parent, name).await).await,
+            _ => self.run(async |c| repo::create_app(c, id, parent, name).await).await,
+        }
+    }
+
+    async fn list(&self, kind: &str, parent: Option<&str>) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::list(c, kind, parent).await).await
+    }
+
+    async fn issue_key(&self, new: &repo::NewKey) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::issue_key(c, new).await).await
+    }
+
+    async fn list_keys(&self, app: Option<&str>, team: Option<&str>) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::list_keys(c, app, team).await).await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::get_key(c, id).await).await
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::revoke_key(c, id).await).await
+    }
+
+    async fn rotate_key(&self, id: &str, grace: Option<&str>) -> Result<Value, GatewayError> {
+        self.run(async |c| repo::rotate_key(c, id, grace).await).await
+    }
+}
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an unknown hash is remembered as unknown.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, GenericClient, Row};
 pub const DEFAULT_EXPIRY: &str = "90d";
 pub const DEFAULT_GRACE: &str = "24h";
 /// Reminders go out this many days before a key expires.
-const REMINDERS: [i32; 3] = [14, 7, 1];
+pub const REMINDERS: [i32; 3] = [14, 7, 1];
 
 const RECORD_COLUMNS: &str = "k.id, k.hash, k.app_id, t.id, t.org_id, k.user_id, k.models, k.regions, k.tags, \
      (extract(epoch FROM k.expires_at) * 1000000)::bigint, k.revoked_at IS NOT NULL \
@@ -94,27 +94,49 @@ pub async fn send_reminders(c: &Client, notifier: &dyn Notifier) -> Result<(), t
         if !won {
             continue;
         }
-        let (display, name, app, team, org, expires): (
-            String,
-            Option<String>,
-            String,
-            String,
-            String,
-            String,
-        ) = (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
-        let label = name.as_deref().map_or(String::new(), |n| format!(" \"{n}\""));
-        notifier.notify(Notice {
-            event: "key.expiring",
-            text: format!(
-                "Sluice: gateway key {id}{label} of app `{app}` (team `{team}`) expires in {days_left} day{} ({expires}). \
-                 Rotate it with `sluice admin keys rotate {id}`.",
-                if days_left == 1 { "" } else { "s" }
-            ),
-            details: json!({"key_id": id, "display": display, "name": name, "app": app, "team": team, "org": org,
-                "expires_at": expires, "days_left": days_left, "reminder": due}),
-        });
+        notifier.notify(reminder(Reminder {
+            id,
+            display: row.get(1),
+            name: row.get(2),
+            app: row.get(3),
+            team: row.get(4),
+            org: row.get(5),
+            expires_at: row.get(6),
+            days_left,
+            due,
+        }));
     }
     Ok(())
+}
+
+/// A due expiry reminder, whichever store found it.
+pub struct Reminder {
+    pub id: String,
+    pub display: String,
+    pub name: Option<String>,
+    pub app: String,
+    pub team: String,
+    pub org: String,
+    pub expires_at: String,
+    pub days_left: i32,
+    /// Which reminder (14, 7 or 1 days) this is.
+    pub due: i32,
+}
+
+/// The webhook notice of a reminder (Slack-compatible text, details for machines).
+pub fn reminder(r: Reminder) -> Notice {
+    let Reminder { id, display, name, app, team, org, expires_at, days_left, due } = r;
+    let label = name.as_deref().map_or(String::new(), |n| format!(" \"{n}\""));
+    Notice {
+        event: "key.expiring",
+        text: format!(
+            "Sluice: gateway key {id}{label} of app `{app}` (team `{team}`) expires in {days_left} day{} ({expires_at}). \
+             Rotate it with `sluice admin keys rotate {id}`.",
+            if days_left == 1 { "" } else { "s" }
+        ),
+        details: json!({"key_id": id, "display": display, "name": name, "app": app, "team": team, "org": org,
+            "expires_at": expires_at, "days_left": days_left, "reminder": due}),
+    }
 }
 
 // ---- The admin API's operations -------------------------------------------------------------
@@ -154,7 +176,7 @@ async fn exists(c: &Client, table: &str, id: &str) -> Result<bool, GatewayError>
         .map_err(|e| db_error(e, table))
 }
 
-fn not_found(what: &str, id: &str) -> GatewayError {
+pub fn not_found(what: &str, id: &str) -> GatewayError {
     GatewayError::new(ErrorKind::NotFound, format!("{what} `{id}` does not exist."))
 }
 
@@ -284,7 +306,7 @@ pub async fn list_keys(c: &Client, app: Option<&str>, team: Option<&str>) -> Res
 }
 
 /// A fresh key: `sk-sluice-<12 hex id>-<32 base62 secret>`.
-fn mint() -> (String, String) {
+pub fn mint() -> (String, String) {
     const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
     let id = format!("{:012x}", rng.random::<u64>() & 0xffff_ffff_ffff);

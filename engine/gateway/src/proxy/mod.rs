@@ -57,6 +57,10 @@ pub struct Gateway {
     pub webhook: Option<Arc<crate::notify::Webhook>>,
     /// Managed keys (PostgreSQL), when configured (their listener starts with the server).
     pub managed: Option<Arc<crate::keystore::ManagedKeys>>,
+    /// Managed keys held in this process (no PostgreSQL): their expiry reminders start with it.
+    pub memory_keys: Option<Arc<crate::keystore::memory::MemoryKeys>>,
+    /// Where the admin API creates orgs, teams, apps and keys (with the admin API on).
+    pub directory: Option<Arc<dyn crate::keystore::Directory>>,
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
