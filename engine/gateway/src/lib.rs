@@ -24,4 +24,5 @@ pub mod routing;
 pub mod server;
 pub mod sse;
 pub mod stores;
+pub mod tls;
 pub mod translate;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::background_service;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
@@ -94,6 +93,7 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         keys.start()?;
     }
     let directory = gateway.directory.clone();
+    let certs = gateway.certs.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
     let conf = ServerConf {
@@ -108,11 +108,11 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen);
-    if let Some(tls) = &settings.tls {
-        let mut tls_settings = TlsSettings::intermediate(&tls.cert, &tls.key)
-            .map_err(|e| format!("server.tls: cannot load certificate or key: {e}"))?;
-        tls_settings.enable_h2();
-        proxy.add_tls_with_settings(&tls.listen, None, tls_settings);
+    if let (Some(tls), Some(certs)) = (&settings.tls, &certs) {
+        proxy.add_tls_with_settings(&tls.listen, None, certs.settings(tls)?);
+        let interval = sluice_core::duration::parse(&tls.reload_interval)
+            .map_err(|e| format!("server.tls.reload_interval: {e}"))?;
+        certs.watch(interval)?;
     }
     let admin = match (settings.admin.as_ref(), directory) {
         (Some((listen, token)), Some(directory)) => Some((

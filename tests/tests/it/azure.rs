@@ -53,8 +53,12 @@ async fn azure_embeddings_use_the_model_name_when_no_deployment_is_mapped() {
 async fn azure_is_probed_on_its_models_endpoint_with_its_key() {
     let mock = MockOpenAi::start().await;
     let _gw = TestGateway::start(BIN, &azure_config(&mock.url(), true)).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let probe = mock.last_probe().expect("probed");
+    // The first probe goes out at start; a loaded machine may take a while to get there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mock.last_probe().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let probe = mock.last_probe().expect("probed within 5 s");
     assert_eq!(probe.path, "/openai/models");
     assert_eq!(probe.query, "api-version=2024-10-21");
     assert_eq!(probe.header("api-key"), Some(PROVIDER_KEY));

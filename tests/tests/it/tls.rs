@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use openssl::hash::MessageDigest;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::X509;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -20,11 +23,16 @@ fn free_port() -> u16 {
 
 /// A gateway with a TLS listener in front of the mock provider; returns it and its TLS port.
 async fn tls_gateway(dir: &std::path::Path) -> (TestGateway, u16) {
+    tls_gateway_with(dir, "").await
+}
+
+/// Like [`tls_gateway`], with more `[server.tls]` keys.
+async fn tls_gateway_with(dir: &std::path::Path, tls_extra: &str) -> (TestGateway, u16) {
     let (cert, key) = self_signed(dir);
     let port = free_port();
     let text = config(&[], "")
         + &format!(
-            "[server.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+            "[server.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}\n\
              [providers.mock]\nkind = \"mock\"\npacing = \"1ms\"\n\
              [models.m]\ntargets = [{{ provider = \"mock\", model = \"mock-m\" }}]\n",
             cert.display(),
@@ -147,4 +155,61 @@ async fn upstream_connections_are_pooled_and_reused() {
     }
     assert_eq!(mock.hits(), 15);
     assert_eq!(mock.connections(), 1, "sequential requests share one kept-alive connection");
+}
+
+/// A TLS handshake with the listener (no verification: these tests look at what it serves);
+/// returns the protocol and the SHA-256 of the certificate presented.
+fn handshake(port: u16, max: Option<SslVersion>) -> Result<(String, Vec<u8>), String> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(max).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let tls = b.build().connect("localhost", tcp).map_err(|e| e.to_string())?;
+    let cert = tls.ssl().peer_certificate().unwrap().digest(MessageDigest::sha256()).unwrap().to_vec();
+    Ok((tls.ssl().version_str().to_owned(), cert))
+}
+
+#[tokio::test]
+async fn the_listener_refuses_tls_1_2_unless_configured_to_accept_it() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-v12", std::process::id()));
+    let (_strict, port) = tls_gateway(&dir.join("strict")).await;
+    assert!(handshake(port, Some(SslVersion::TLS1_2)).is_err(), "TLS 1.2 is refused by default");
+    assert_eq!(handshake(port, None).unwrap().0, "TLSv1.3");
+    let (_lenient, port) = tls_gateway_with(&dir.join("lenient"), "min_version = \"1.2\"").await;
+    assert_eq!(handshake(port, Some(SslVersion::TLS1_2)).unwrap().0, "TLSv1.2");
+    assert_eq!(handshake(port, None).unwrap().0, "TLSv1.3");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-reload", std::process::id()));
+    let (gw, port) = tls_gateway_with(&dir, "reload_interval = \"100ms\"").await;
+    let (_, first) = handshake(port, None).unwrap();
+    // A renewal writes a new pair over the old files (the certificate first: in between, the key
+    // does not match and the old pair keeps serving).
+    self_signed(&dir);
+    let renewed = std::fs::read(dir.join("cert.pem")).unwrap();
+    let renewed = X509::from_pem(&renewed).unwrap().digest(MessageDigest::sha256()).unwrap().to_vec();
+    assert_ne!(first, renewed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while handshake(port, None).unwrap().1 != renewed {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate is not served after 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A broken renewal is refused; the last good pair keeps serving and the log says why.
+    std::fs::write(dir.join("cert.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(handshake(port, None).unwrap().1, renewed);
+    let r = crate::client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the gateway serves on");
+    let log = std::fs::read_to_string(gw.dir().join("stderr.log")).unwrap();
+    assert!(log.contains("the previous certificate keeps serving"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -167,8 +167,24 @@ fn default_key_prefix() -> String {
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub listen: String,
+    /// PEM certificate chain, leaf first.
     pub cert: String,
     pub key: String,
+    /// The oldest protocol accepted: `"1.3"` (default) or `"1.2"`.
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: String,
+    /// How often the certificate and key files are checked for a renewal (reloaded without a
+    /// restart when either changed).
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval: String,
+}
+
+fn default_tls_min_version() -> String {
+    "1.3".into()
+}
+
+fn default_tls_reload() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

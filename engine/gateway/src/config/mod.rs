@@ -261,7 +261,19 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         },
         &stores,
     )?;
+    // The listener's certificate loads now, so check-config catches a bad pair.
+    let certs = match &settings.tls {
+        Some(tls) => {
+            crate::tls::min_version(&tls.min_version)?;
+            if duration(&tls.reload_interval, "server.tls.reload_interval")?.is_zero() {
+                return Err("server.tls.reload_interval: must be above zero".into());
+            }
+            Some(crate::tls::CertStore::open(&tls.cert, &tls.key).map_err(|e| format!("server.tls: {e}"))?)
+        }
+        None => None,
+    };
     Ok(Gateway {
+        certs,
         settings,
         router: Router { routes },
         pricing: Arc::new(prices.pricing),

@@ -57,6 +57,8 @@ pub struct Gateway {
     pub webhook: Option<Arc<crate::notify::Webhook>>,
     /// Managed keys (PostgreSQL), when configured (their listener starts with the server).
     pub managed: Option<Arc<crate::keystore::ManagedKeys>>,
+    /// The TLS listener's certificate, reloaded when its files change.
+    pub certs: Option<Arc<crate::tls::CertStore>>,
     /// Managed keys held in this process (no PostgreSQL): their expiry reminders start with it.
     pub memory_keys: Option<Arc<crate::keystore::memory::MemoryKeys>>,
     /// Where the admin API creates orgs, teams, apps and keys (with the admin API on).
