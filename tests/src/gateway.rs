@@ -24,6 +24,8 @@ pub struct TestGateway {
     with_config: bool,
     /// The admin API is on (the embedded default, or a config naming `{admin_port}`).
     with_admin: bool,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
 }
 
 impl TestGateway {
@@ -38,12 +40,27 @@ impl TestGateway {
         Self::launch(bin, Some(config), files).await
     }
 
+    /// Like [`Self::start`], with extra environment variables (e.g. `SLUICE_FAULTS` in debug builds).
+    pub async fn start_with_env(bin: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::prepare(Some(config), &[]);
+        gw.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        gw.spawn(bin).await;
+        gw
+    }
+
     /// Starts the gateway without `--config`: the embedded default.
     pub async fn start_default(bin: &str) -> Self {
         Self::launch(bin, None, &[]).await
     }
 
     async fn launch(bin: &str, config: Option<&str>, files: &[(&str, &str)]) -> Self {
+        let mut gw = Self::prepare(config, files);
+        gw.spawn(bin).await;
+        gw
+    }
+
+    /// Writes the gateway's directory and config; the process is not started yet.
+    fn prepare(config: Option<&str>, files: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("sluice.toml");
@@ -65,10 +82,15 @@ impl TestGateway {
             std::fs::write(&path, text).expect("write config");
         }
         let with_admin = config.is_none_or(|c| c.contains("{admin_port}"));
-        let mut gw =
-            Self { port: 0, admin_port, child: None, dir, with_config: config.is_some(), with_admin };
-        gw.spawn(bin).await;
-        gw
+        Self {
+            port: 0,
+            admin_port,
+            child: None,
+            dir,
+            with_config: config.is_some(),
+            with_admin,
+            env: Vec::new(),
+        }
     }
 
     /// Starts the process on a free port (a few tries) and waits until it is ready. Logs are
@@ -96,6 +118,7 @@ impl TestGateway {
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .env("SLUICE_LOG", "warn")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(log("stdout.log"))
                 .stderr(log("stderr.log"))
                 .spawn()

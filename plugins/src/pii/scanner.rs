@@ -138,6 +138,9 @@ impl Scanner {
     /// Every validated match in `text`, non-overlapping (leftmost, then longest). `Err`: the
     /// scanner failed, and the caller must not let the text through.
     pub fn scan(&self, text: &[u8]) -> Result<Vec<Found>, String> {
+        if injected_fault() {
+            return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
+        }
         SCRATCH.with(|cell| {
             let mut map = cell.borrow_mut();
             let (d, l) = match map.entry(self.id) {
@@ -184,6 +187,20 @@ impl Scanner {
             Ok(kept)
         })
     }
+}
+
+/// Debug builds only: `SLUICE_FAULTS=pii_scan` makes every scan fail, so the fail-closed path can
+/// be proven through the real port (Vectorscan gives no input that makes it fail). Release builds
+/// have no such switch.
+#[cfg(debug_assertions)]
+fn injected_fault() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var("SLUICE_FAULTS").is_ok_and(|v| v.split(',').any(|f| f == "pii_scan")))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_fault() -> bool {
+    false
 }
 
 fn digits(s: &[u8]) -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! tokens, on every endpoint that carries text.
 
 use serde_json::json;
+use sluice_tests::gateway::TestGateway;
 use sluice_tests::openai::MockOpenAi;
 
 use crate::{gateway_with_chain, openai_error, post};
@@ -59,4 +60,26 @@ async fn a_teams_own_actions_replace_the_defaults() {
         json!({"model": "m", "messages": [{"role": "user", "content": "jane@example.com 123-45-6789"}]});
     assert_eq!(post(&gw, "/v1/chat/completions", &body).await.status(), 200);
     assert_eq!(mock.requests().last().unwrap().json()["messages"][0]["content"], "jane@example.com [SSN_1]");
+}
+
+#[tokio::test]
+async fn a_scanner_failure_refuses_the_request_and_nothing_is_forwarded() {
+    let mock = MockOpenAi::start().await;
+    let models = "[models.m]\ntargets = [{ provider = \"p0\", model = \"ok\" }]\n";
+    let config = crate::config(&[mock.url()], models);
+    // Debug builds (the tests') let a scan fail on demand; release builds have no such switch.
+    let gw = TestGateway::start_with_env(crate::BIN, &config, &[("SLUICE_FAULTS", "pii_scan")]).await;
+    let clean = json!({"model": "m", "messages": [{"role": "user", "content": "nothing personal here"}]});
+    let r = post(&gw, "/v1/chat/completions", &clean).await;
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let e = openai_error(r, 500).await;
+    assert_eq!(e["code"], "pii_scan_failed");
+    assert!(e["message"].as_str().unwrap().contains("was not sent"), "{e}");
+    let embed = json!({"model": "m", "input": ["also clean"]});
+    assert_eq!(openai_error(post(&gw, "/v1/embeddings", &embed).await, 500).await["code"], "pii_scan_failed");
+    assert_eq!(mock.hits(), 0, "an unscanned text never reaches a provider");
+    let line = crate::access_line(&gw, "/v1/chat/completions").await;
+    assert_eq!(line["status"], 500);
+    let log = std::fs::read_to_string(gw.dir().join("stderr.log")).unwrap();
+    assert!(log.contains("the scanner failed on request") && log.contains("refusing it"), "{log}");
 }
