@@ -46,6 +46,13 @@ pub struct CostRecord {
     /// PII findings by kind (counts only, never values), for the audit trail.
     #[serde(default)]
     pub pii: std::collections::BTreeMap<String, u64>,
+    /// Hex SHA-256 of the request body as the client sent it, for the audit trail.
+    #[serde(default)]
+    pub request_sha256: Option<String>,
+    /// The request as forwarded (after PII redaction), kept in the audit trail only when
+    /// `[audit] content = true`.
+    #[serde(default)]
+    pub content: Option<String>,
 }
 
 impl CostRecord {

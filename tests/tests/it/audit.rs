@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sluice_tests::openai::MockOpenAi;
 use sluice_tests::postgres::TestDb;
 
@@ -89,4 +90,74 @@ async fn every_request_is_audited_in_a_hash_chain_that_detects_tampering() {
     let (code, out) = verify(&db);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN") && out.contains("does not match its hash"), "{out}");
+}
+
+#[tokio::test]
+async fn audit_rows_carry_the_request_hash_and_on_request_the_redacted_content() {
+    let db = TestDb::create().await;
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[state]\npostgres = \"{}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n[audit]\ncontent = true\n",
+        db.url()
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let send = |body: serde_json::Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let request = crate::client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(crate::KEY)
+            .header("content-type", "application/json")
+            .body(bytes);
+        async move { (request.send().await.unwrap().status().as_u16(), hash) }
+    };
+    let (status, redacted_hash) =
+        send(json!({"model": "m", "messages": [{"role": "user", "content": "mail jane@example.com today"}]}))
+            .await;
+    assert_eq!(status, 200);
+    let (status, blocked_hash) =
+        send(json!({"model": "m", "messages": [{"role": "user", "content": "ssn 123-45-6789"}]})).await;
+    assert_eq!(status, 400);
+
+    let pg = db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = pg
+            .query(
+                "SELECT status, request_hash, content FROM audit_log WHERE action = 'request' ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap();
+        if rows.len() >= 2 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = |status: i32| rows.iter().find(|r| r.get::<_, i32>(0) == status).unwrap();
+    let (hash, content): (Option<String>, Option<String>) = (row(200).get(1), row(200).get(2));
+    assert_eq!(hash.as_deref(), Some(redacted_hash.as_str()), "the SHA-256 of the bytes the client sent");
+    let content = content.expect("content kept on request");
+    assert!(content.contains("[EMAIL_1]") && !content.contains("jane@example.com"), "{content}");
+    assert_eq!(mock.requests()[0].json()["messages"][0]["content"], "mail [EMAIL_1] today");
+    let (hash, content): (Option<String>, Option<String>) = (row(400).get(1), row(400).get(2));
+    assert_eq!(hash.as_deref(), Some(blocked_hash.as_str()));
+    assert_eq!(content, None, "a blocked request's content is never kept");
+
+    let (code, out) = verify(&db);
+    assert_eq!(code, 0, "{out}");
+    // The hash covers the new fields too: editing the kept content breaks the chain.
+    let partition: String =
+        pg.query_one("SELECT tableoid::regclass::text FROM audit_log LIMIT 1", &[]).await.unwrap().get(0);
+    pg.batch_execute(&format!(
+        "ALTER TABLE {partition} DISABLE TRIGGER ALL; \
+         UPDATE {partition} SET content = replace(content, 'today', 'tomorrow') WHERE content IS NOT NULL; \
+         ALTER TABLE {partition} ENABLE TRIGGER ALL;"
+    ))
+    .await
+    .unwrap();
+    let (code, out) = verify(&db);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not match its hash"), "{out}");
 }

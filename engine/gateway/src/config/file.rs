@@ -52,6 +52,31 @@ pub struct ConfigFile {
     /// The cost-record pipeline (queue, batches, spool).
     #[serde(default)]
     pub records: RecordsFile,
+    /// The audit trail (with `[state] postgres`).
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Keep the request as forwarded (after PII redaction) in its audit row. Off by default: the
+    /// row then holds the body's SHA-256 only.
+    #[serde(default)]
+    pub content: bool,
+    /// Content above this many bytes is cut (and marked so).
+    #[serde(default = "default_audit_content_max")]
+    pub content_max_bytes: usize,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self { content: false, content_max_bytes: default_audit_content_max() }
+    }
+}
+
+fn default_audit_content_max() -> usize {
+    256 * 1024
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -51,6 +51,10 @@ pub struct Settings {
     pub admin: Option<(String, Secret)>,
     /// The admin token is a literal demo token (so the admin API must stay on loopback).
     pub admin_demo_token: bool,
+    /// Requests are audited (PostgreSQL): each record carries the body's SHA-256.
+    pub audit: bool,
+    /// `[audit] content`: the forwarded request is kept, up to this many bytes.
+    pub audit_content: Option<usize>,
 }
 
 /// Parses a TOML document; `origin` names it in errors.
@@ -60,7 +64,7 @@ pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, String> {
 
 /// Checks the parsed file and builds the gateway.
 pub fn build(file: ConfigFile) -> Result<Gateway, String> {
-    let settings = Settings {
+    let mut settings = Settings {
         listen: file.server.listen.clone(),
         threads: file.server.threads,
         max_body_bytes: file.server.max_body_bytes,
@@ -73,6 +77,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             None => None,
         },
         admin_demo_token: file.admin.as_ref().is_some_and(|a| a.demo_token.is_some()),
+        audit: false,
+        audit_content: None,
     };
     if settings.max_body_bytes == 0 {
         return Err("server.max_body_bytes: must be above 0".into());
@@ -158,6 +164,13 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     if let Some(url) = &postgres {
         url.parse::<tokio_postgres::Config>()
             .map_err(|e| format!("state.postgres: not a PostgreSQL URL: {e}"))?;
+    }
+    settings.audit = postgres.is_some();
+    if file.audit.content {
+        if postgres.is_none() {
+            return Err("audit.content: the audit trail needs [state] postgres".into());
+        }
+        settings.audit_content = Some(file.audit.content_max_bytes);
     }
     let records = &file.records;
     if records.queue == 0 || records.batch == 0 {

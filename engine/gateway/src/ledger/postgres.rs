@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (3, "keys", include_str!("../../../../conf/migrations/0003_keys.sql")),
     (4, "audit_log", include_str!("../../../../conf/migrations/0004_audit_log.sql")),
+    (5, "audit_request_hash", include_str!("../../../../conf/migrations/0005_audit_request_hash.sql")),
 ];
 
 /// Advisory lock keys: migrations and partition creation run one instance at a time.

@@ -199,6 +199,8 @@ mod tests {
             stream: false,
             cache: "miss".into(),
             pii: Default::default(),
+            request_sha256: None,
+            content: None,
         }
     }
 

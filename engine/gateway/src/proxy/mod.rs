@@ -32,6 +32,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sluice_core::ctx::Endpoint;
 use sluice_core::money::{Micros, Pricing};
 use sluice_core::wire::Request;
@@ -82,6 +83,10 @@ pub struct Ctx {
     pub error: Option<GatewayError>,
     /// `Allow` header for a 405.
     pub allow: Option<&'static str>,
+    /// Hex SHA-256 of the request body (audited requests only).
+    pub request_sha256: Option<String>,
+    /// The request as forwarded, for the audit row (`[audit] content = true` only).
+    pub audit_content: Option<String>,
     _inflight: InflightGuard,
 }
 
@@ -105,6 +110,8 @@ impl ProxyHttp for Gateway {
             route_label: "other",
             error: None,
             allow: None,
+            request_sha256: None,
+            audit_content: None,
             _inflight: self.lifecycle.enter(),
         }
     }
@@ -268,6 +275,10 @@ impl Gateway {
             Request::listing()
         } else {
             let mut body = inbound::body(session, self.settings.max_body_bytes).await?;
+            if self.settings.audit {
+                // Before parsing: simd-json parses the buffer in place.
+                ctx.request_sha256 = Some(hex(&Sha256::digest(&body)));
+            }
             Request::parse(endpoint, &mut body)?
         };
         ctx.core.model = (!request.model.is_empty()).then(|| request.model.clone());
@@ -293,6 +304,9 @@ impl Gateway {
         if endpoint == Endpoint::Models {
             return self.list_models(session, ctx).await;
         }
+        if let Some(max) = self.settings.audit_content {
+            ctx.audit_content = Some(audit_content(&request.body, max));
+        }
         forward::forward(self, session, ctx, request).await
     }
 
@@ -315,6 +329,52 @@ fn write_error(e: Box<Error>) -> GatewayError {
     GatewayError::internal(format!("cannot write the response: {}", e.etype().as_str()))
 }
 
+/// Lowercase hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// The request as forwarded (PII already redacted), cut at `max` bytes on a character boundary.
+fn audit_content(body: &serde_json::Map<String, serde_json::Value>, max: usize) -> String {
+    let mut text = serde_json::to_string(body).unwrap_or_default();
+    if text.len() > max {
+        let total = text.len();
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("…[cut: {total} bytes in all]"));
+    }
+    text
+}
+
 fn new_request_id() -> String {
     format!("req_{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_lowercase_hex() {
+        assert_eq!(hex(&[0x00, 0xab, 0x5f]), "00ab5f");
+    }
+
+    #[test]
+    fn audit_content_is_cut_on_a_character_boundary() {
+        let mut body = serde_json::Map::new();
+        body.insert("t".into(), "ééééé".into());
+        let whole = audit_content(&body, 1 << 20);
+        assert_eq!(whole, r#"{"t":"ééééé"}"#);
+        let cut = audit_content(&body, 8);
+        assert!(cut.starts_with(r#"{"t":"é"#) && cut.ends_with("[cut: 18 bytes in all]"), "{cut}");
+    }
 }

@@ -145,5 +145,7 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
             .get::<sluice_plugins::pii::Findings>()
             .map(|f| f.counts.iter().map(|(k, n)| (k.clone(), *n as u64)).collect())
             .unwrap_or_default(),
+        request_sha256: ctx.request_sha256.clone(),
+        content: ctx.audit_content.clone(),
     }
 }
