@@ -42,7 +42,12 @@ impl TestGateway {
 
     /// Like [`Self::start`], with extra environment variables (e.g. `SLUICE_FAULTS` in debug builds).
     pub async fn start_with_env(bin: &str, config: &str, env: &[(&str, &str)]) -> Self {
-        let mut gw = Self::prepare(Some(config), &[]);
+        Self::start_with(bin, config, &[], env).await
+    }
+
+    /// Extra files and extra environment variables.
+    pub async fn start_with(bin: &str, config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::prepare(Some(config), files);
         gw.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         gw.spawn(bin).await;
         gw

@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod redis_cluster;
 pub mod server;
 pub mod tls;
+pub mod vault;
 pub mod webhook;
 
 pub use gateway::{free_port, unique};

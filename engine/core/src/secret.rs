@@ -33,8 +33,45 @@ impl Secret {
         Self(literal.to_owned())
     }
 
+    /// A value read from a secret store (Vault) at run time.
+    pub fn fetched(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// A secret that may change while the gateway runs (a provider key refreshed from Vault): readers
+/// take the current value per use; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct LiveSecret(std::sync::Arc<std::sync::RwLock<std::sync::Arc<str>>>);
+
+impl LiveSecret {
+    pub fn new(secret: Secret) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(secret.0.into())))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> std::sync::Arc<str> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the value; `true` when it changed.
+    pub fn set(&self, secret: Secret) -> bool {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if *current.as_ref() == *secret.0 {
+            return false;
+        }
+        *current = secret.0.into();
+        true
+    }
+}
+
+impl fmt::Debug for LiveSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LiveSecret(***)")
     }
 }
 

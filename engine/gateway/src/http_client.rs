@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 
-use crate::routing::endpoints::{EndpointInfo, PeerSettings, connector, peer};
+use crate::routing::endpoints::{CaRoots, EndpointInfo, PeerSettings, connector, peer};
 
 /// Sends `method url` with `headers` and `body`; returns the status and the whole answer.
 /// `url` is `http(s)://host[:port]/path[?query]`. Errors are sentences without the URL (which may
@@ -18,6 +18,18 @@ pub async fn request(
     body: Option<Bytes>,
     timeout: Duration,
 ) -> Result<(u16, Bytes), String> {
+    request_with_ca(method, url, headers, body, timeout, None).await
+}
+
+/// Like [`request`], verifying the server's certificate against `ca` when given.
+pub async fn request_with_ca(
+    method: &str,
+    url: &EndpointInfo,
+    headers: &[(&str, String)],
+    body: Option<Bytes>,
+    timeout: Duration,
+    ca: Option<CaRoots>,
+) -> Result<(u16, Bytes), String> {
     let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
         .await
         .map_err(|e| format!("cannot resolve the host: {e}"))?
@@ -25,7 +37,7 @@ pub async fn request(
         .ok_or("the host has no address")?;
     let settings =
         PeerSettings { connect_timeout: timeout, first_byte_timeout: timeout, idle_timeout: timeout };
-    let peer = peer(addr, url, &settings, None);
+    let peer = peer(addr, url, &settings, ca);
     let (mut session, _) = connector().get_http_session(&peer).await.map_err(|e| e.to_string())?;
     let path = if url.base_path.is_empty() { "/" } else { url.base_path.as_str() };
     let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;

@@ -26,3 +26,4 @@ pub mod sse;
 pub mod stores;
 pub mod tls;
 pub mod translate;
+pub mod vault;

@@ -92,6 +92,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     if let Some(keys) = &gateway.memory_keys {
         keys.start()?;
     }
+    if let Some(vault) = &gateway.vault {
+        vault.start()?;
+    }
     let directory = gateway.directory.clone();
     let certs = gateway.certs.clone();
     let lifecycle = Arc::new(Lifecycle::default());

@@ -26,6 +26,7 @@ mod residency;
 mod shutdown;
 mod streaming;
 mod tls;
+mod vault;
 
 use serde_json::{Value, json};
 use sluice_tests::gateway::TestGateway;

@@ -55,6 +55,51 @@ pub struct ConfigFile {
     /// The audit trail (with `[state] postgres`).
     #[serde(default)]
     pub audit: AuditFile,
+    /// HashiCorp Vault, for `vault:MOUNT/PATH#FIELD` secret references.
+    pub vault: Option<VaultFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFile {
+    /// `https://vault.internal:8200`.
+    pub address: String,
+    /// Token auth: a reference (`env:VAULT_TOKEN`, `file:PATH`) to the token.
+    pub token: Option<String>,
+    /// AppRole auth instead of a token.
+    pub approle: Option<AppRoleFile>,
+    /// Vault Enterprise namespace (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
+    /// PEM file of CA certificates for Vault's TLS certificate (default: the system's roots).
+    pub ca_file: Option<String>,
+    /// How often provider keys are read again.
+    #[serde(default = "default_vault_refresh")]
+    pub refresh: String,
+    #[serde(default = "default_vault_timeout")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleFile {
+    /// References (`env:NAME`, `file:PATH`) to the role id and the secret id.
+    pub role_id: String,
+    pub secret_id: String,
+    /// Where the AppRole auth method is mounted.
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+}
+
+fn default_vault_refresh() -> String {
+    "5m".into()
+}
+
+fn default_vault_timeout() -> String {
+    "5s".into()
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,6 +29,7 @@ use crate::routing::{Route, Router, Target};
 use crate::stores::memory::MemoryLimits;
 use crate::stores::redis::RedisLimits;
 use crate::stores::spend::{MemorySpend, RedisSpend, Seeder};
+use crate::vault::{self, Vault, VaultRef};
 use file::{ConfigFile, ProviderKind, RankFile};
 use sluice_core::budgets::{NoNotifier, Notifier, SpendStore};
 use sluice_core::limits::LimitStore;
@@ -64,6 +65,12 @@ pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, String> {
 
 /// Checks the parsed file and builds the gateway.
 pub fn build(file: ConfigFile) -> Result<Gateway, String> {
+    // Vault first: other sections' references may point into it.
+    let vault = match &file.vault {
+        Some(v) => Some(Arc::new(Vault::new(v).map_err(|e| format!("vault.{e}"))?)),
+        None => None,
+    };
+    let vault_ref = vault.as_deref();
     let mut settings = Settings {
         listen: file.server.listen.clone(),
         threads: file.server.threads,
@@ -73,7 +80,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         max_attempts: file.routing.max_attempts.max(1),
         cooldown: duration(&file.routing.cooldown, "routing.cooldown")?,
         admin: match &file.admin {
-            Some(a) => Some((a.listen.clone(), admin_token(a)?)),
+            Some(a) => Some((a.listen.clone(), admin_token(a, vault_ref)?)),
             None => None,
         },
         admin_demo_token: file.admin.as_ref().is_some_and(|a| a.demo_token.is_some()),
@@ -85,7 +92,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     }
     let mut providers = BTreeMap::new();
     for (name, p) in &file.providers {
-        let provider = provider(name, p).map_err(|e| format!("providers.{name}.{e}"))?;
+        let provider = provider(name, p, vault_ref).map_err(|e| format!("providers.{name}.{e}"))?;
         providers.insert(name.clone(), Arc::new(provider));
     }
     let prices = pricing::load(&file.pricing)?;
@@ -155,9 +162,12 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let postgres = match &file.state.postgres {
-        Some(reference) if reference.starts_with("env:") || reference.starts_with("file:") => {
-            Some(Secret::resolve(reference).map_err(|e| format!("state.postgres: {e}"))?.expose().to_owned())
-        }
+        Some(reference) if is_reference(reference) => Some(
+            vault::resolve(reference, vault_ref)
+                .map_err(|e| format!("state.postgres: {e}"))?
+                .expose()
+                .to_owned(),
+        ),
         Some(url) => Some(url.clone()),
         None => None,
     };
@@ -198,8 +208,11 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     let (limits_store, spend_store, redis_healthy): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
         match &file.state.redis {
             Some(reference) => {
-                let url = if reference.starts_with("env:") || reference.starts_with("file:") {
-                    Secret::resolve(reference).map_err(|e| format!("state.redis: {e}"))?.expose().to_owned()
+                let url = if is_reference(reference) {
+                    vault::resolve(reference, vault_ref)
+                        .map_err(|e| format!("state.redis: {e}"))?
+                        .expose()
+                        .to_owned()
                 } else {
                     reference.clone()
                 };
@@ -220,7 +233,14 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         };
     let webhook = match &file.notifications.webhook {
         Some(target) => {
-            Some(Arc::new(Webhook::new(target).map_err(|e| format!("notifications.webhook: {e}"))?))
+            let target = match VaultRef::parse(target) {
+                Ok(Some(_)) => vault::resolve(target, vault_ref)
+                    .map_err(|e| format!("notifications.webhook: {e}"))?
+                    .expose()
+                    .to_owned(),
+                _ => target.clone(),
+            };
+            Some(Arc::new(Webhook::new(&target).map_err(|e| format!("notifications.webhook: {e}"))?))
         }
         None => None,
     };
@@ -286,6 +306,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         None => None,
     };
     Ok(Gateway {
+        vault,
         certs,
         settings,
         router: Router { routes },
@@ -303,10 +324,15 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     })
 }
 
+/// `env:`, `file:` or `vault:`: a reference to a secret rather than the value.
+fn is_reference(text: &str) -> bool {
+    text.starts_with("env:") || text.starts_with("file:") || text.starts_with("vault:")
+}
+
 /// The admin token: a reference, or a literal demo token on a loopback listener only.
-fn admin_token(a: &file::AdminFile) -> Result<Secret, String> {
+fn admin_token(a: &file::AdminFile, vault: Option<&Vault>) -> Result<Secret, String> {
     match (&a.token, &a.demo_token) {
-        (Some(reference), None) => Secret::resolve(reference).map_err(|e| format!("admin.token: {e}")),
+        (Some(reference), None) => vault::resolve(reference, vault).map_err(|e| format!("admin.token: {e}")),
         (None, Some(literal)) if is_loopback(&a.listen) && !literal.is_empty() => Ok(Secret::demo(literal)),
         (None, Some(_)) => Err(format!(
             "admin.demo_token: a literal token is only accepted on a loopback listener (127.0.0.1, [::1] \
@@ -325,7 +351,7 @@ pub fn is_loopback(listen: &str) -> bool {
     }
 }
 
-fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
+fn provider(name: &str, p: &file::ProviderFile, vault: Option<&Vault>) -> Result<Provider, String> {
     let transport = match p.kind {
         ProviderKind::Mock => {
             if p.base_url.is_some()
@@ -351,7 +377,10 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                 endpoints.push(EndpointInfo::parse(url).map_err(|e| format!("endpoints[{i}]: {e}"))?);
             }
             let api_key = match &p.api_key {
-                Some(r) => Some(Secret::resolve(r).map_err(|e| format!("api_key: {e}"))?),
+                Some(r) => Some(
+                    vault::resolve_live(r, &format!("providers.{name}.api_key"), vault)
+                        .map_err(|e| format!("api_key: {e}"))?,
+                ),
                 None if p.kind != ProviderKind::OpenaiCompatible => {
                     return Err(
                         "api_key: required for this kind of provider (e.g. \"env:OPENAI_API_KEY\")".into()
@@ -404,23 +433,13 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
             };
             let probe = if p.health_check.enabled {
                 let mut probe_headers = headers.clone();
-                if let Some(key) = &api_key {
-                    match &dialect {
-                        Dialect::OpenAi => {
-                            probe_headers.push(("authorization".into(), format!("Bearer {}", key.expose())));
-                        }
-                        Dialect::Azure { .. } => {
-                            probe_headers.push(("api-key".into(), key.expose().to_owned()))
-                        }
-                        Dialect::Anthropic { version, .. } => {
-                            probe_headers.push(("x-api-key".into(), key.expose().to_owned()));
-                            probe_headers.push(("anthropic-version".into(), version.clone()));
-                        }
-                        Dialect::Gemini => {
-                            probe_headers.push(("x-goog-api-key".into(), key.expose().to_owned()))
-                        }
-                    }
+                if let Dialect::Anthropic { version, .. } = &dialect {
+                    probe_headers.push(("anthropic-version".into(), version.clone()));
                 }
+                let key = api_key.as_ref().map(|k| {
+                    let (name, prefix) = dialect.key_header();
+                    (name, prefix, k.clone())
+                });
                 let every = duration(&p.health_check.interval, "health_check.interval")?;
                 let path = match (&p.health_check.path, &dialect) {
                     (Some(path), _) => path.clone(),
@@ -434,7 +453,7 @@ fn provider(name: &str, p: &file::ProviderFile) -> Result<Provider, String> {
                 if !path.starts_with('/') {
                     return Err("health_check.path: must start with `/`".into());
                 }
-                Some(ProbeSpec { path, interval: every, headers: probe_headers })
+                Some(ProbeSpec { path, interval: every, headers: probe_headers, key })
             } else {
                 None
             };

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pingora::protocols::http::client::HttpSession;
-use sluice_core::secret::Secret;
+use sluice_core::secret::LiveSecret;
 
 use crate::config::file::ProviderKind;
 use crate::routing::endpoints::EndpointPool;
@@ -44,6 +44,16 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The header that carries the provider's key, and what precedes the key in it.
+    pub fn key_header(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::OpenAi => ("authorization", "Bearer "),
+            Self::Azure { .. } => ("api-key", ""),
+            Self::Anthropic { .. } => ("x-api-key", ""),
+            Self::Gemini => ("x-goog-api-key", ""),
+        }
+    }
+
     /// Requests and answers go through `crate::translate` (the provider does not speak OpenAI).
     pub fn translated(&self) -> bool {
         matches!(self, Self::Anthropic { .. } | Self::Gemini)
@@ -54,7 +64,8 @@ impl Dialect {
 pub struct HttpUpstream {
     pub dialect: Dialect,
     pub pool: EndpointPool,
-    pub api_key: Option<Secret>,
+    /// Read per request: a key from Vault is refreshed while the gateway runs.
+    pub api_key: Option<LiveSecret>,
     pub headers: Vec<(String, String)>,
     /// Ask for `stream_options.include_usage` on every stream.
     pub stream_usage: bool,

@@ -52,15 +52,11 @@ pub fn header_for(
         h.insert_header("accept", "application/json, text/event-stream")?;
         h.insert_header("x-request-id", request_id)?;
         if let Some(key) = &upstream.api_key {
-            match &upstream.dialect {
-                Dialect::OpenAi => h.insert_header("authorization", format!("Bearer {}", key.expose()))?,
-                Dialect::Azure { .. } => h.insert_header("api-key", key.expose())?,
-                Dialect::Anthropic { version, .. } => {
-                    h.insert_header("x-api-key", key.expose())?;
-                    h.insert_header("anthropic-version", version.as_str())?;
-                }
-                Dialect::Gemini => h.insert_header("x-goog-api-key", key.expose())?,
-            }
+            let (name, prefix) = upstream.dialect.key_header();
+            h.insert_header(name, format!("{prefix}{}", key.get()))?;
+        }
+        if let Dialect::Anthropic { version, .. } = &upstream.dialect {
+            h.insert_header("anthropic-version", version.as_str())?;
         }
         for (k, v) in &upstream.headers {
             h.insert_header(k.clone(), v.as_str())?;

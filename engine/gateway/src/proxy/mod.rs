@@ -58,6 +58,8 @@ pub struct Gateway {
     pub webhook: Option<Arc<crate::notify::Webhook>>,
     /// Managed keys (PostgreSQL), when configured (their listener starts with the server).
     pub managed: Option<Arc<crate::keystore::ManagedKeys>>,
+    /// Vault, when secrets come from it: provider keys are refreshed from a thread of its own.
+    pub vault: Option<Arc<crate::vault::Vault>>,
     /// The TLS listener's certificate, reloaded when its files change.
     pub certs: Option<Arc<crate::tls::CertStore>>,
     /// Managed keys held in this process (no PostgreSQL): their expiry reminders start with it.

@@ -79,6 +79,8 @@ pub struct ProbeSpec {
     pub path: String,
     pub interval: Duration,
     pub headers: Vec<(String, String)>,
+    /// The provider's key, read at each probe (it may be refreshed): header, prefix, key.
+    pub key: Option<(&'static str, &'static str, sluice_core::secret::LiveSecret)>,
 }
 
 /// Last probe of one backend, for `/health`.
@@ -109,10 +111,11 @@ impl EndpointPool {
         let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
         let probes = Arc::new(Mutex::new(HashMap::new()));
         let probe_interval = probe.as_ref().map(|p| p.interval);
-        if let Some(ProbeSpec { path, interval, headers }) = probe {
+        if let Some(ProbeSpec { path, interval, headers, key }) = probe {
             lb.set_health_check(Box::new(Probe {
                 path,
                 headers,
+                key,
                 timeout: settings.connect_timeout.max(Duration::from_secs(2)),
                 log: probes.clone(),
                 ca,
@@ -231,6 +234,7 @@ impl ServiceDiscovery for DnsDiscovery {
 struct Probe {
     path: String,
     headers: Vec<(String, String)>,
+    key: Option<(&'static str, &'static str, sluice_core::secret::LiveSecret)>,
     timeout: Duration,
     log: Arc<Mutex<HashMap<String, ProbeResult>>>,
     ca: Option<CaRoots>,
@@ -255,6 +259,9 @@ impl Probe {
         req.insert_header("host", info.authority()).map_err(|e| e.to_string())?;
         for (k, v) in &self.headers {
             req.insert_header(k.clone(), v.as_str()).map_err(|e| e.to_string())?;
+        }
+        if let Some((name, prefix, key)) = &self.key {
+            req.insert_header(*name, format!("{prefix}{}", key.get())).map_err(|e| e.to_string())?;
         }
         session.write_request_header(Box::new(req)).await.map_err(|e| e.to_string())?;
         session.finish_request_body().await.map_err(|e| e.to_string())?;
