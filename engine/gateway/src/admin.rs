@@ -131,7 +131,7 @@ impl AdminApi {
         let done = db
             .with(std::time::Duration::from_secs(5), async |c| {
                 let tx = c.transaction().await?;
-                crate::audit::append(&tx, vec![entry]).await?;
+                crate::audit::append(&tx, vec![entry], false).await?;
                 tx.commit().await
             })
             .await;

@@ -156,20 +156,26 @@ fn genesis(day: &str) -> String {
 }
 
 /// Appends entries (in order) to their days' chains, skipping record ids already there.
-pub async fn append(tx: &Transaction<'_>, entries: Vec<Entry>) -> Result<u64, tokio_postgres::Error> {
+/// `partitions_ready`: the caller already made sure the days' partitions exist (the ledger's writer
+/// does once per day), so no DDL runs per batch.
+pub async fn append(
+    tx: &Transaction<'_>,
+    entries: Vec<Entry>,
+    partitions_ready: bool,
+) -> Result<u64, tokio_postgres::Error> {
     let mut days: Vec<String> = entries.iter().map(|e| e.day.clone()).collect();
     days.sort();
     days.dedup();
     let mut written = 0;
     for day in days {
         let day_number = sluice_core::calendar::parse_date(&day).unwrap_or_default();
+        if !partitions_ready {
+            // Under the lock every partition creation takes: CREATE ... IF NOT EXISTS is not safe
+            // against a concurrent creation of the same table.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&crate::ledger::postgres::PARTITION_LOCK]).await?;
+            tx.execute("SELECT sluice_create_partition('audit_log', $1::text::date)", &[&day]).await?;
+        }
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(AUDIT_LOCK + day_number)]).await?;
-        let (from, to) = (day.clone(), date(day_number + 1));
-        let name = format!("audit_log_{}", day.replace('-', ""));
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_log FOR VALUES FROM ('{from}') TO ('{to}')"
-        ))
-        .await?;
         let mine: Vec<&Entry> = entries.iter().filter(|e| e.day == day).collect();
         let ids: Vec<&str> = mine.iter().map(|e| e.record_id.as_str()).collect();
         let present: HashSet<String> = tx

@@ -10,7 +10,10 @@ const USAGE: &str = "usage:
   sluice admin ...                         call the admin API (sluice admin --help)
   sluice audit verify [--postgres URL] [--day YYYY-MM-DD]
                                            walk the audit trail's hash chains (URL: also a reference,
-                                           env:NAME or file:PATH; default $SLUICE_POSTGRES_URL)";
+                                           env:NAME or file:PATH; default $SLUICE_POSTGRES_URL)
+  sluice db migrate [--postgres URL]       apply the schema's migrations (as the tables' owner)
+  sluice db grant ROLE [--postgres URL]    let ROLE run the gateway: INSERT and SELECT on the
+                                           ledger and the audit trail, never UPDATE or DELETE";
 
 enum Command {
     Run { config: Option<String>, listen: Option<String>, admin_listen: Option<String> },
@@ -64,6 +67,9 @@ pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("audit") {
         return audit_verify(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("db") {
+        return db(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("admin") {
         if matches!(args.get(1).map(String::as_str), None | Some("-h" | "--help" | "help")) {
@@ -150,20 +156,12 @@ fn audit_verify(args: &[String]) -> i32 {
             }
         }
     }
-    let Some(url) = url else {
-        eprintln!("sluice audit verify: no database: pass --postgres URL or set SLUICE_POSTGRES_URL");
-        return 2;
-    };
-    let url = if url.starts_with("env:") || url.starts_with("file:") {
-        match sluice_core::secret::Secret::resolve(&url) {
-            Ok(s) => s.expose().to_owned(),
-            Err(e) => {
-                eprintln!("sluice audit verify: --postgres: {e}");
-                return 2;
-            }
+    let url = match postgres_url(url) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("sluice audit verify: {e}");
+            return 2;
         }
-    } else {
-        url
     };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
     rt.block_on(async {
@@ -186,6 +184,73 @@ fn audit_verify(args: &[String]) -> i32 {
             Err(e) => {
                 eprintln!("sluice audit verify: cannot read the audit trail: {e}");
                 2
+            }
+        }
+    })
+}
+
+/// `--postgres URL` (or a reference to one), else `$SLUICE_POSTGRES_URL`.
+fn postgres_url(url: Option<String>) -> Result<String, String> {
+    let url = url.ok_or("no database: pass --postgres URL or set SLUICE_POSTGRES_URL")?;
+    if url.starts_with("env:") || url.starts_with("file:") {
+        return sluice_core::secret::Secret::resolve(&url)
+            .map(|s| s.expose().to_owned())
+            .map_err(|e| format!("--postgres: {e}"));
+    }
+    Ok(url)
+}
+
+/// `sluice db migrate` and `sluice db grant ROLE`: exit 0 when done, 1 when the database refused,
+/// 2 on usage or connection errors.
+fn db(args: &[String]) -> i32 {
+    let (mut url, mut words) = (std::env::var("SLUICE_POSTGRES_URL").ok(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--postgres" => url = it.next().cloned(),
+            _ => words.push(a.as_str()),
+        }
+    }
+    let command = match words.as_slice() {
+        ["migrate"] => None,
+        ["grant", role] => Some((*role).to_owned()),
+        _ => {
+            eprintln!("usage:\n{USAGE}");
+            return 2;
+        }
+    };
+    let url = match postgres_url(url) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("sluice db: {e}");
+            return 2;
+        }
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
+    rt.block_on(async {
+        let mut client = match crate::ledger::postgres::connect(&url, std::time::Duration::from_secs(5)).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sluice db: {e}");
+                return 2;
+            }
+        };
+        if let Err(e) = crate::ledger::postgres::migrate(&mut client).await {
+            eprintln!("sluice db: cannot apply the migrations: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()));
+            return 1;
+        }
+        let Some(role) = command else {
+            println!("the schema is up to date");
+            return 0;
+        };
+        match crate::ledger::postgres::grant(&client, &role).await {
+            Ok(()) => {
+                println!("role {role} may now run the gateway (INSERT and SELECT on the ledger and the audit trail)");
+                0
+            }
+            Err(e) => {
+                eprintln!("sluice db grant: {e}");
+                1
             }
         }
     })

@@ -161,3 +161,81 @@ async fn audit_rows_carry_the_request_hash_and_on_request_the_redacted_content()
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("does not match its hash"), "{out}");
 }
+
+#[tokio::test]
+async fn the_gateway_runs_as_a_role_that_can_only_add_to_the_ledger_and_the_audit_trail() {
+    let db = TestDb::create().await;
+    let role = format!("sluice_gw_{}", db.name);
+    let sluice = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).args(["--postgres", &db.url()]).output().unwrap();
+        assert!(out.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The owner applies the schema and lets the gateway's own role in.
+    sluice(&["db", "migrate"]);
+    let owner = db.client().await;
+    owner.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.unwrap();
+    sluice(&["db", "grant", &role]);
+
+    let as_role = db.url().replace("postgres@", &format!("{role}@"));
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[state]\npostgres = \"{as_role}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n\
+         [admin]\nlisten = \"127.0.0.1:{{admin_port}}\"\ntoken = \"file:{{dir}}/admin.token\"\n"
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let pii = json!({"model": "m", "messages": [{"role": "user", "content": "ssn 123-45-6789"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", &pii).await.status(), 400);
+    let admin = crate::client()
+        .post(format!("http://127.0.0.1:{}/admin/orgs", gw.admin_port))
+        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 201, "the admin API writes keys' tables as the role");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit: i64 = owner.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+        let costs: i64 = owner.query_one("SELECT count(*) FROM cost_records", &[]).await.unwrap().get(0);
+        if audit >= 3 && costs >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records and audit rows never arrived ({costs}, {audit}): {}",
+            std::fs::read_to_string(gw.dir().join("stderr.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spool = gw.dir().join("spool");
+    let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(spooled, 0, "nothing was refused and spooled");
+
+    // What the role may not do, whatever the triggers say.
+    let role_client = sluice_tests::postgres::connect(&as_role).await;
+    for sql in [
+        "UPDATE audit_log SET status = 200",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "UPDATE cost_records SET cost_micros = 0",
+        "DELETE FROM cost_records",
+        "ALTER TABLE audit_log DISABLE TRIGGER ALL",
+        "DROP TABLE audit_log",
+    ] {
+        let e = role_client.batch_execute(sql).await.unwrap_err();
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(
+            message.starts_with("permission denied") || message.starts_with("must be owner"),
+            "{sql}: {message}"
+        );
+    }
+    let out = Command::new(BIN).args(["audit", "verify", "--postgres", &as_role]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    drop((gw, role_client, owner));
+    drop(db);
+    let _ = sluice_tests::postgres::connect(&format!("{}/postgres", sluice_tests::postgres::SHARED))
+        .await
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await;
+}

@@ -22,11 +22,38 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "keys", include_str!("../../../../conf/migrations/0003_keys.sql")),
     (4, "audit_log", include_str!("../../../../conf/migrations/0004_audit_log.sql")),
     (5, "audit_request_hash", include_str!("../../../../conf/migrations/0005_audit_request_hash.sql")),
+    (6, "partition_function", include_str!("../../../../conf/migrations/0006_partition_function.sql")),
 ];
+
+/// What `sluice db grant ROLE` gives the gateway's own role: rows in, rows out, never a change to
+/// the ledger or the audit trail (UPDATE/DELETE/TRUNCATE/ALTER need the owner). Key management
+/// (admin API) updates its own tables.
+const GRANTS: &str = "GRANT SELECT ON sluice_migrations TO {role}; \
+     GRANT SELECT, INSERT ON cost_records, audit_log TO {role}; \
+     GRANT SELECT, INSERT, UPDATE ON orgs, teams, apps, api_keys TO {role}; \
+     GRANT EXECUTE ON FUNCTION sluice_create_partition(text, date) TO {role};";
+
+/// Grants `role` what the gateway needs and nothing more (run as the tables' owner, after
+/// [`migrate`]). `role` must be a plain identifier.
+pub async fn grant(client: &Client, role: &str) -> Result<(), String> {
+    let plain = !role.is_empty()
+        && role.len() <= 63
+        && role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !role.as_bytes()[0].is_ascii_digit();
+    if !plain {
+        return Err(format!("`{role}` is not a plain role name (lowercase letters, digits, `_`)"));
+    }
+    client.batch_execute(&GRANTS.replace("{role}", &format!("\"{role}\""))).await.map_err(|e| {
+        match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        }
+    })
+}
 
 /// Advisory lock keys: migrations and partition creation run one instance at a time.
 const MIGRATION_LOCK: i64 = 0x51u64 as i64 * 1_000_003;
-const PARTITION_LOCK: i64 = MIGRATION_LOCK + 1;
+pub(crate) const PARTITION_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// Connects, with a bounded wait; the connection task runs on the caller's runtime.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
@@ -50,6 +77,20 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
 
 /// Applies the migrations this database lacks.
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    // Nothing is created when everything is there: the gateway may run as a role without DDL rights.
+    let current: bool =
+        client.query_one("SELECT to_regclass('sluice_migrations') IS NOT NULL", &[]).await?.get(0);
+    if current {
+        let applied: HashSet<i32> = client
+            .query("SELECT version FROM sluice_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if MIGRATIONS.iter().all(|(v, _, _)| applied.contains(v)) {
+            return Ok(());
+        }
+    }
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS sluice_migrations (version integer PRIMARY KEY, name text NOT NULL, \
@@ -157,20 +198,19 @@ impl Writer {
                 ],
             )
             .await?;
-        crate::audit::append(&tx, records.iter().map(crate::audit::Entry::of_request).collect()).await?;
+        crate::audit::append(&tx, records.iter().map(crate::audit::Entry::of_request).collect(), true)
+            .await?;
         tx.commit().await?;
         Ok(n)
     }
 
     async fn create_partition(&mut self, day: i64) -> Result<(), tokio_postgres::Error> {
-        let (from, to) = (date(day), date(day + 1));
-        let name = format!("cost_records_{}", from.replace('-', ""));
         let tx = self.client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK]).await?;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF cost_records FOR VALUES FROM ('{from}') TO ('{to}')"
-        ))
-        .await?;
+        // The day's audit partition too: request rows are appended with the day's cost records.
+        for parent in ["cost_records", "audit_log"] {
+            tx.execute("SELECT sluice_create_partition($1, $2::text::date)", &[&parent, &date(day)]).await?;
+        }
         tx.commit().await
     }
 }
