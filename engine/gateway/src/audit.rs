@@ -117,7 +117,7 @@ impl Entry {
         }
     }
 
-    fn from_row(r: &Row) -> (Self, String) {
+    pub(crate) fn from_row(r: &Row) -> (Self, String) {
         let day: String = r.get("day_text");
         (
             Self {
@@ -151,7 +151,7 @@ impl Entry {
 }
 
 /// The first `prev_hash` of a day's chain.
-fn genesis(day: &str) -> String {
+pub(crate) fn genesis(day: &str) -> String {
     format!("sluice-audit-genesis-{day}")
 }
 
@@ -172,7 +172,8 @@ pub async fn append(
         if !partitions_ready {
             // Under the lock every partition creation takes: CREATE ... IF NOT EXISTS is not safe
             // against a concurrent creation of the same table.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&crate::ledger::postgres::PARTITION_LOCK]).await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&crate::ledger::postgres::PARTITION_LOCK])
+                .await?;
             tx.execute("SELECT sluice_create_partition('audit_log', $1::text::date)", &[&day]).await?;
         }
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(AUDIT_LOCK + day_number)]).await?;

@@ -11,6 +11,9 @@ const USAGE: &str = "usage:
   sluice audit verify [--postgres URL] [--day YYYY-MM-DD]
                                            walk the audit trail's hash chains (URL: also a reference,
                                            env:NAME or file:PATH; default $SLUICE_POSTGRES_URL)
+  sluice audit verify ... --sealed DIR      also check the table still holds every sealed export
+  sluice audit export --dir DIR [--day YYYY-MM-DD|today] [--postgres URL]
+                                           seal a day's chain (default: yesterday) into DIR
   sluice db migrate [--postgres URL]       apply the schema's migrations (as the tables' owner)
   sluice db grant ROLE [--postgres URL]    let ROLE run the gateway: INSERT and SELECT on the
                                            ledger and the audit trail, never UPDATE or DELETE";
@@ -137,19 +140,23 @@ fn with_admin_listen(
 /// `sluice audit verify`: exit 0 when every chain is intact, 1 at the first broken link, 2 on usage
 /// or connection errors.
 fn audit_verify(args: &[String]) -> i32 {
-    let (mut url, mut day) = (std::env::var("SLUICE_POSTGRES_URL").ok(), None);
+    let (mut url, mut day, mut sealed, mut dir) =
+        (std::env::var("SLUICE_POSTGRES_URL").ok(), None, None, None);
     let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("verify") => {}
+    let export = match it.next().map(String::as_str) {
+        Some("verify") => false,
+        Some("export") => true,
         _ => {
             eprintln!("usage:\n{USAGE}");
             return 2;
         }
-    }
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--postgres" => url = it.next().cloned(),
             "--day" => day = it.next().cloned(),
+            "--sealed" if !export => sealed = it.next().cloned(),
+            "--dir" if export => dir = it.next().cloned(),
             other => {
                 eprintln!("sluice audit verify: unknown argument `{other}`");
                 return 2;
@@ -163,6 +170,13 @@ fn audit_verify(args: &[String]) -> i32 {
             return 2;
         }
     };
+    if export {
+        let Some(dir) = dir else {
+            eprintln!("sluice audit export: --dir DIR is needed");
+            return 2;
+        };
+        return audit_export(&url, day.as_deref(), std::path::Path::new(&dir));
+    }
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
     rt.block_on(async {
         let client = match crate::ledger::postgres::connect(&url, std::time::Duration::from_secs(5)).await {
@@ -174,7 +188,21 @@ fn audit_verify(args: &[String]) -> i32 {
         };
         match crate::audit::verify(&client, day.as_deref()).await {
             Ok(crate::audit::Verdict::Intact { rows, days }) => {
-                println!("audit trail intact: {rows} rows in {days} daily chains");
+                if let Some(dir) = &sealed {
+                    match crate::audit_export::check_seals(&client, std::path::Path::new(dir)).await {
+                        Ok(None) => {}
+                        Ok(Some(broken)) => {
+                            println!("audit trail BROKEN on {broken}");
+                            return 1;
+                        }
+                        Err(e) => {
+                            eprintln!("sluice audit verify: {e}");
+                            return 2;
+                        }
+                    }
+                }
+                let seals = if sealed.is_some() { " and every sealed export" } else { "" };
+                println!("audit trail intact: {rows} rows in {days} daily chains{seals}");
                 0
             }
             Ok(crate::audit::Verdict::Broken { day, seq, record_id, reason }) => {
@@ -184,6 +212,45 @@ fn audit_verify(args: &[String]) -> i32 {
             Err(e) => {
                 eprintln!("sluice audit verify: cannot read the audit trail: {e}");
                 2
+            }
+        }
+    })
+}
+
+/// `sluice audit export`: seals `day` (default yesterday, UTC; `today` for today so far) into `dir`.
+fn audit_export(url: &str, day: Option<&str>, dir: &std::path::Path) -> i32 {
+    let today = sluice_core::calendar::unix_us(std::time::SystemTime::now())
+        .div_euclid(sluice_core::calendar::DAY_US);
+    let day = match day {
+        None => sluice_core::calendar::date(today - 1),
+        Some("today") => sluice_core::calendar::date(today),
+        Some(d) if sluice_core::calendar::parse_date(d).is_some() => d.to_owned(),
+        Some(d) => {
+            eprintln!("sluice audit export: --day `{d}` is not YYYY-MM-DD or `today`");
+            return 2;
+        }
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
+    rt.block_on(async {
+        let client = match crate::ledger::postgres::connect(url, std::time::Duration::from_secs(5)).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sluice audit export: {e}");
+                return 2;
+            }
+        };
+        match crate::audit_export::export_day(&client, &day, dir).await {
+            Ok(Some(seal)) => {
+                println!("sealed {} rows of {day} (head {}) in {}", seal.rows, seal.head, dir.display());
+                0
+            }
+            Ok(None) => {
+                println!("nothing to seal for {day}: no rows, or sealed already up to its last row");
+                0
+            }
+            Err(e) => {
+                eprintln!("sluice audit export: {e}");
+                1
             }
         }
     })

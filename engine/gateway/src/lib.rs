@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admin_cli;
 pub mod audit;
+pub mod audit_export;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -95,6 +95,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     if let Some(vault) = &gateway.vault {
         vault.start()?;
     }
+    if let (Some((dir, delay)), Some(url)) = (&settings.audit_export, gateway.ledger.postgres_url()) {
+        crate::audit_export::start_sealer(url.to_owned(), dir.clone(), *delay, gateway.ledger.clone())?;
+    }
     let directory = gateway.directory.clone();
     let certs = gateway.certs.clone();
     let lifecycle = Arc::new(Lifecycle::default());

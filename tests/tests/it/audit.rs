@@ -239,3 +239,75 @@ async fn the_gateway_runs_as_a_role_that_can_only_add_to_the_ledger_and_the_audi
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
         .await;
 }
+
+#[tokio::test]
+async fn a_sealed_export_catches_rows_removed_from_the_end_of_a_day() {
+    let db = TestDb::create().await;
+    let mock = MockOpenAi::start().await;
+    let extra = format!("[state]\npostgres = \"{}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n", db.url());
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    for _ in 0..3 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    }
+    let pg = db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get::<_, i64>(0) < 3 {
+        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = gw.dir().join("sealed");
+    let sluice = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).args(["--postgres", &db.url()]).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let dir_arg = dir.display().to_string();
+    let (code, out) = sluice(&["audit", "export", "--dir", &dir_arg, "--day", "today"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("sealed 3 rows"), "{out}");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let jsonl = files.iter().find(|f| f.ends_with("-00000003.jsonl")).expect("the JSONL file");
+    let seal_name = files.iter().find(|f| f.ends_with("-00000003.seal.json")).expect("the seal");
+    let body = std::fs::read(dir.join(jsonl)).unwrap();
+    let lines: Vec<serde_json::Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"], "each line carries its link of the chain");
+    let seal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(seal_name)).unwrap()).unwrap();
+    let head: String =
+        pg.query_one("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[]).await.unwrap().get(0);
+    assert_eq!((seal["rows"].as_i64(), seal["head"].as_str()), (Some(3), Some(head.as_str())));
+    let digest: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(seal["jsonl_sha256"], digest);
+    let (code, out) = sluice(&["audit", "export", "--dir", &dir_arg, "--day", "today"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to seal"), "an export is never written twice: {out}");
+    let (code, out) = sluice(&["audit", "verify", "--sealed", &dir_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("and every sealed export"), "{out}");
+
+    // A superuser removes the day's last row: the shorter chain is still a valid chain...
+    let partition: String =
+        pg.query_one("SELECT tableoid::regclass::text FROM audit_log LIMIT 1", &[]).await.unwrap().get(0);
+    pg.batch_execute(&format!(
+        "ALTER TABLE {partition} DISABLE TRIGGER ALL; DELETE FROM {partition} WHERE seq = 3; \
+         ALTER TABLE {partition} ENABLE TRIGGER ALL;"
+    ))
+    .await
+    .unwrap();
+    let (code, out) = sluice(&["audit", "verify"]);
+    assert_eq!(code, 0, "a chain alone cannot see a cut tail: {out}");
+    // ...but not against its seal.
+    let (code, out) = sluice(&["audit", "verify", "--sealed", &dir_arg]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("row 3 was sealed but is gone"), "{out}");
+}

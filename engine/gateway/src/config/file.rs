@@ -112,12 +112,27 @@ pub struct AuditFile {
     /// Content above this many bytes is cut (and marked so).
     #[serde(default = "default_audit_content_max")]
     pub content_max_bytes: usize,
+    /// Where each finished day is sealed (JSONL + seal file), for object-lock storage; off when
+    /// absent.
+    pub export_dir: Option<String>,
+    /// How long after UTC midnight a day is sealed (late records land first).
+    #[serde(default = "default_export_delay")]
+    pub export_delay: String,
 }
 
 impl Default for AuditFile {
     fn default() -> Self {
-        Self { content: false, content_max_bytes: default_audit_content_max() }
+        Self {
+            content: false,
+            content_max_bytes: default_audit_content_max(),
+            export_dir: None,
+            export_delay: default_export_delay(),
+        }
     }
+}
+
+fn default_export_delay() -> String {
+    "1h".into()
 }
 
 fn default_audit_content_max() -> usize {

@@ -56,6 +56,8 @@ pub struct Settings {
     pub audit: bool,
     /// `[audit] content`: the forwarded request is kept, up to this many bytes.
     pub audit_content: Option<usize>,
+    /// `[audit] export_dir` and `export_delay`: finished days are sealed there.
+    pub audit_export: Option<(std::path::PathBuf, Duration)>,
 }
 
 /// Parses a TOML document; `origin` names it in errors.
@@ -86,6 +88,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         admin_demo_token: file.admin.as_ref().is_some_and(|a| a.demo_token.is_some()),
         audit: false,
         audit_content: None,
+        audit_export: None,
     };
     if settings.max_body_bytes == 0 {
         return Err("server.max_body_bytes: must be above 0".into());
@@ -181,6 +184,12 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             return Err("audit.content: the audit trail needs [state] postgres".into());
         }
         settings.audit_content = Some(file.audit.content_max_bytes);
+    }
+    if let Some(dir) = &file.audit.export_dir {
+        if postgres.is_none() {
+            return Err("audit.export_dir: the audit trail needs [state] postgres".into());
+        }
+        settings.audit_export = Some((dir.into(), duration(&file.audit.export_delay, "audit.export_delay")?));
     }
     let records = &file.records;
     if records.queue == 0 || records.batch == 0 {
