@@ -1,5 +1,8 @@
 //! Arbitrary text through the PII scanner and redactor: match offsets stay inside the text, the
-//! redacted request is valid UTF-8 JSON, and a block or a pass, never a panic.
+//! redacted request is valid UTF-8 JSON, and a block or a pass, never a panic. The same text as a
+//! streamed answer, cut into chunks of a size the input chooses, goes through the answer scan the
+//! way the engine drives it: every release is inside the held text on a char boundary, and the end
+//! releases everything.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -12,7 +15,10 @@ use sluice_plugins::pii::{Pii, PiiConfig};
 
 fn pii() -> &'static Pii {
     static PII: OnceLock<Pii> = OnceLock::new();
-    PII.get_or_init(|| Pii::new(&PiiConfig::default()).expect("the default patterns compile"))
+    PII.get_or_init(|| {
+        let config = PiiConfig { responses: true, response_holdback: 24, ..PiiConfig::default() };
+        Pii::new(&config).expect("the default patterns compile")
+    })
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -40,4 +46,26 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert_eq!(e.status(), 400, "{}", e.message),
     }
+    let chunk = usize::from(data.first().copied().unwrap_or(1) % 16) + 1;
+    let mut ctx = RequestCtx::new("fuzz".into());
+    let mut held = String::new();
+    let mut out = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = chunk.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        held.push_str(&rest[..cut]);
+        rest = &rest[cut..];
+        let n = pii().on_answer_text(&mut ctx, &mut held, false).expect("the scanner never fails");
+        assert!(n <= held.len() && held.is_char_boundary(n));
+        let tail = held.split_off(n);
+        out.push_str(&held);
+        held = tail;
+    }
+    let n = pii().on_answer_text(&mut ctx, &mut held, true).expect("the scanner never fails");
+    assert_eq!(n, held.len(), "the end of an answer releases all of it");
+    out.push_str(&held);
+    assert!(text.is_empty() || !out.is_empty());
 });

@@ -12,6 +12,8 @@
 //! | `bad-request`         | 400 with an OpenAI error body (the client's fault)              |
 //! | `tools`               | two parallel tool calls (`weather`, `time`), streamed by index  |
 //! | `max`                 | a normal answer cut by `max_tokens` (`finish_reason: length`)   |
+//! | `leak`                | an answer with an email and a card number ([`LEAK`]), streamed  |
+//! |                       | 4 bytes a chunk so each value is split across chunks            |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,9 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
 pub use crate::server::Recorded;
+
+/// What model `leak` answers.
+pub const LEAK: &str = "Contact jane.doe@example.com or use card 4111 1111 1111 1111, thanks.";
 use crate::server::{Body, MockServer, event_stream, full};
 
 #[derive(Default)]
@@ -141,7 +146,11 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Bo
     if model == "tools" {
         return tool_answer(&model, stream, with_usage);
     }
-    let text = format!("echo from {model} ({} bytes received)", body.len());
+    let text = if model == "leak" {
+        LEAK.to_owned()
+    } else {
+        format!("echo from {model} ({} bytes received)", body.len())
+    };
     if !stream {
         let mut answer = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if model == "max" { "length" } else { "stop" }}]});
@@ -152,6 +161,8 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> Response<Bo
     }
     let pieces: Vec<String> = if model == "paced" {
         (0..20).map(|i| format!("w{i} ")).collect()
+    } else if model == "leak" {
+        text.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect()
     } else {
         text.split(' ').map(|w| format!("{w} ")).collect()
     };

@@ -57,6 +57,27 @@ pub trait Plugin: Send + Sync {
     /// goes to the client. Synchronous and O(event): it sits on the streaming path.
     fn on_response_event(&self, _ctx: &mut RequestCtx, _event: &[u8]) {}
 
+    /// Whether this plugin checks answer text ([`Plugin::on_answer_text`]). When none does, answers
+    /// pass untouched and streams unbuffered.
+    fn checks_answers(&self) -> bool {
+        false
+    }
+
+    /// Answer text on its way to the client (a choice's `content` or `text`, tool-call
+    /// `arguments`). `text` holds what has not gone out yet; the plugin may rewrite it, and returns
+    /// how many of its bytes may go out now (a char boundary) — on a stream it can hold back a tail
+    /// in which a value may still be arriving. `done`: no more text comes for this choice (a whole
+    /// answer, or the end of a stream): all of it goes out. `Err`: the text could not be checked,
+    /// so the engine withholds it (fail closed).
+    fn on_answer_text(
+        &self,
+        _ctx: &mut RequestCtx,
+        text: &mut String,
+        _done: bool,
+    ) -> Result<usize, GatewayError> {
+        Ok(text.len())
+    }
+
     /// Runs once when the request is over, whatever its outcome (records, reconciliation).
     async fn on_complete(&self, _ctx: &RequestCtx) {}
 }

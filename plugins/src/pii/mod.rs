@@ -7,6 +7,13 @@
 //! same token within a request, and the provider sees only the token), `log` (counted, passed) or
 //! `off` — set per kind and per team. Defaults: block `ssn`, `card`, `secret`; redact `email`,
 //! `phone`, `iban`. A scanner failure refuses the request (500): it never forwards unscanned text.
+//!
+//! With `responses = true`, answers are scanned too (`content`, completion `text`, tool-call
+//! `arguments`), streams included: the engine holds the last `response_holdback` bytes of each
+//! choice's text, so a value split across chunks is still caught before any of it goes out. An
+//! answer cannot be taken back, so in answers every kind set to `block` or `redact` is replaced by
+//! its token (numbered on from the request's, the same value keeping its token); a scanner failure
+//! withholds the answer (500, or the stream cut with an error event).
 
 pub mod scanner;
 #[cfg(test)]
@@ -46,6 +53,17 @@ pub struct PiiConfig {
     /// Patterns of your own: `custom.employee_id = { pattern = "EMP-\\d{6}", action = "redact" }`.
     #[serde(default)]
     pub custom: BTreeMap<String, CustomKind>,
+    /// Scan answers too (streams included).
+    #[serde(default)]
+    pub responses: bool,
+    /// Bytes of a streamed answer held back until more text shows whether they start a value (at
+    /// least as long as the longest value to catch).
+    #[serde(default = "default_holdback")]
+    pub response_holdback: usize,
+}
+
+fn default_holdback() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +81,15 @@ pub struct Pii {
     /// Action per kind index, and per team.
     actions: Vec<Action>,
     teams: HashMap<String, Vec<Action>>,
+    /// Answers are scanned, with this many bytes held back on streams.
+    responses: Option<usize>,
+}
+
+/// The request's tokens, kept for its answer: a value keeps its token, new ones number on.
+#[derive(Default)]
+struct Tokens {
+    tokens: HashMap<String, String>,
+    next: HashMap<usize, usize>,
 }
 
 fn default_action(kind: &str) -> Action {
@@ -115,7 +142,17 @@ impl Pii {
         for (team, overrides) in &config.teams {
             teams.insert(team.clone(), resolve(overrides).map_err(|e| format!("teams.{team}: {e}"))?);
         }
-        Ok(Self { scanner, actions, teams })
+        if config.responses && config.response_holdback == 0 {
+            return Err("response_holdback: must be above 0 (bytes held back on streamed answers)".into());
+        }
+        Ok(Self { scanner, actions, teams, responses: config.responses.then_some(config.response_holdback) })
+    }
+
+    fn actions_for(&self, ctx: &RequestCtx) -> &[Action] {
+        ctx.identity
+            .as_ref()
+            .and_then(|who| self.teams.get(&who.team))
+            .map_or(self.actions.as_slice(), Vec::as_slice)
     }
 
     pub fn scanner(&self) -> &Scanner {
@@ -243,11 +280,7 @@ impl Plugin for Pii {
         if request.endpoint == Endpoint::Models {
             return Ok(Flow::Continue);
         }
-        let actions = ctx
-            .identity
-            .as_ref()
-            .and_then(|who| self.teams.get(&who.team))
-            .map_or(self.actions.as_slice(), Vec::as_slice);
+        let actions = self.actions_for(ctx);
         let mut r = Redactor {
             pii: self,
             actions,
@@ -269,6 +302,9 @@ impl Plugin for Pii {
             .with_code("pii_scan_failed"));
         }
         let findings = r.findings;
+        if self.responses.is_some() {
+            ctx.extensions.insert(Tokens { tokens: r.tokens, next: r.next });
+        }
         if !findings.counts.is_empty() {
             log::info!("pii: request {} found {:?}", ctx.request_id, findings.counts);
         }
@@ -285,5 +321,90 @@ impl Plugin for Pii {
             .with_code("pii_blocked"));
         }
         Ok(Flow::Continue)
+    }
+
+    fn checks_answers(&self) -> bool {
+        self.responses.is_some()
+    }
+
+    fn on_answer_text(
+        &self,
+        ctx: &mut RequestCtx,
+        text: &mut String,
+        done: bool,
+    ) -> Result<usize, GatewayError> {
+        let holdback = self.responses.unwrap_or(0);
+        let scanned = if scanner::injected("pii_answer_scan") {
+            Err("injected fault (SLUICE_FAULTS=pii_answer_scan)".to_owned())
+        } else {
+            self.scanner.scan(text.as_bytes())
+        };
+        let found = scanned.map_err(|e| {
+            log::error!(
+                "pii: the scanner failed on the answer to request {}: {e}; withholding it",
+                ctx.request_id
+            );
+            GatewayError::internal(
+                "The gateway could not check the answer for personal data, so it was withheld.",
+            )
+            .with_code("pii_scan_failed")
+        })?;
+        // What may go out: all of a finished text, else all but the held-back tail, and never the
+        // start of a value that runs past that point.
+        let mut release = if done { text.len() } else { text.len().saturating_sub(holdback) };
+        while !text.is_char_boundary(release) {
+            release -= 1;
+        }
+        for f in &found {
+            if f.from < release && f.to > release {
+                release = f.from;
+            }
+        }
+        let actions = self.actions_for(ctx).to_vec();
+        let mut state = ctx.extensions.get_mut::<Tokens>().map(std::mem::take).unwrap_or_default();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        let mut counted: Vec<String> = Vec::new();
+        for f in found.iter().filter(|f| f.to <= release) {
+            let action = actions[f.kind];
+            let k = &self.scanner.kinds()[f.kind];
+            if action == Action::Off || !text.is_char_boundary(f.from) || !text.is_char_boundary(f.to) {
+                continue;
+            }
+            counted.push(format!("answer.{}", k.name));
+            if action == Action::Log {
+                continue;
+            }
+            let value = text[f.from..f.to].to_owned();
+            let next = &mut state.next;
+            let token = state
+                .tokens
+                .entry(value)
+                .or_insert_with(|| {
+                    let n = next.entry(f.kind).or_insert(0);
+                    *n += 1;
+                    format!("[{}_{}]", k.token, n)
+                })
+                .clone();
+            out.push_str(&text[at..f.from]);
+            out.push_str(&token);
+            at = f.to;
+        }
+        ctx.extensions.insert(state);
+        if !counted.is_empty() {
+            log::info!("pii: the answer to request {} had {counted:?}", ctx.request_id);
+            if let Some(findings) = ctx.extensions.get_mut::<Findings>() {
+                for name in counted {
+                    *findings.counts.entry(name).or_default() += 1;
+                }
+            }
+        }
+        if at == 0 {
+            return Ok(release);
+        }
+        out.push_str(&text[at..]);
+        let grown = out.len() as isize - text.len() as isize;
+        *text = out;
+        Ok((release as isize + grown).max(0) as usize)
     }
 }

@@ -138,7 +138,7 @@ impl Scanner {
     /// Every validated match in `text`, non-overlapping (leftmost, then longest). `Err`: the
     /// scanner failed, and the caller must not let the text through.
     pub fn scan(&self, text: &[u8]) -> Result<Vec<Found>, String> {
-        if injected_fault() {
+        if injected("pii_scan") {
             return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
         }
         SCRATCH.with(|cell| {
@@ -189,17 +189,22 @@ impl Scanner {
     }
 }
 
-/// Debug builds only: `SLUICE_FAULTS=pii_scan` makes every scan fail, so the fail-closed path can
-/// be proven through the real port (Vectorscan gives no input that makes it fail). Release builds
-/// have no such switch.
+/// Debug builds only: `SLUICE_FAULTS=pii_scan` makes every scan fail (`pii_answer_scan`: scans of
+/// answers only), so the fail-closed paths can be proven through the real port (Vectorscan gives
+/// no input that makes it fail). Release builds have no such switch.
 #[cfg(debug_assertions)]
-fn injected_fault() -> bool {
-    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FAULT.get_or_init(|| std::env::var("SLUICE_FAULTS").is_ok_and(|v| v.split(',').any(|f| f == "pii_scan")))
+pub fn injected(fault: &str) -> bool {
+    static FAULTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FAULTS
+        .get_or_init(|| {
+            std::env::var("SLUICE_FAULTS").map_or(Vec::new(), |v| v.split(',').map(str::to_owned).collect())
+        })
+        .iter()
+        .any(|f| f == fault)
 }
 
 #[cfg(not(debug_assertions))]
-fn injected_fault() -> bool {
+pub fn injected(_fault: &str) -> bool {
     false
 }
 

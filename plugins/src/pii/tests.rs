@@ -119,3 +119,21 @@ fn team_actions_and_custom_patterns_apply() {
         .contains("colour")
     );
 }
+
+#[test]
+fn an_answer_tail_that_may_start_a_value_is_held_back_and_released_once_whole() {
+    let p = Pii::new(&PiiConfig { responses: true, response_holdback: 10, ..PiiConfig::default() }).unwrap();
+    let mut ctx = crate::test_support::ctx("t");
+    // The email runs past the point 10 bytes from the end: nothing of it may go out yet.
+    let mut text = "mail jane@example.com now".to_owned();
+    let n = p.on_answer_text(&mut ctx, &mut text, false).unwrap();
+    assert_eq!((n, text.as_str()), (5, "mail jane@example.com now"));
+    // Later text shows where it ends: it goes out replaced, the new tail is held.
+    let mut text = "jane@example.com now, or call me later".to_owned();
+    let n = p.on_answer_text(&mut ctx, &mut text, false).unwrap();
+    assert_eq!(&text[..n], "[EMAIL_1] now, or cal");
+    // The end of the answer releases everything; a card is masked in an answer, not refused.
+    let mut text = "card 4111 1111 1111 1111".to_owned();
+    let n = p.on_answer_text(&mut ctx, &mut text, true).unwrap();
+    assert_eq!((n, text.as_str()), (13, "card [CARD_1]"));
+}

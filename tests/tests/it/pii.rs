@@ -83,3 +83,78 @@ async fn a_scanner_failure_refuses_the_request_and_nothing_is_forwarded() {
     let log = std::fs::read_to_string(gw.dir().join("stderr.log")).unwrap();
     assert!(log.contains("the scanner failed on request") && log.contains("refusing it"), "{log}");
 }
+
+/// The text of an SSE body's content deltas, in order.
+fn streamed_text(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn answers_are_scanned_and_a_value_split_across_stream_chunks_is_still_caught() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "leak")], "[pii]\nresponses = true\n").await;
+    let expected = "Contact [EMAIL_1] or use card [CARD_1], thanks.";
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], expected);
+
+    // Streamed 4 bytes a chunk: every value arrives split, and none of it goes out.
+    let stream = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let sse = post(&gw, "/v1/chat/completions", &stream).await.text().await.unwrap();
+    for raw in ["jane", "example.com", "4111", "1111"] {
+        assert!(!sse.contains(raw), "`{raw}` reached the client: {sse}");
+    }
+    assert_eq!(streamed_text(&sse), expected);
+    assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+    let line = crate::access_line(&gw, "/v1/chat/completions").await;
+    assert_eq!(line["status"], 200);
+
+    // A hold-back just longer than the longest value: the answer still streams out piece by piece
+    // as it comes, and a value is released only once it is whole and replaced.
+    let tight =
+        gateway_with_chain(&[&mock], &[(0, "leak")], "[pii]\nresponses = true\nresponse_holdback = 24\n")
+            .await;
+    let sse = post(&tight, "/v1/chat/completions", &stream).await.text().await.unwrap();
+    for raw in ["jane", "example.com", "4111", "1111"] {
+        assert!(!sse.contains(raw), "`{raw}` reached the client: {sse}");
+    }
+    assert_eq!(streamed_text(&sse), expected);
+    let nonempty = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()))
+        .count();
+    assert!(nonempty >= 5, "the answer went out in {nonempty} pieces, not streamed: {sse}");
+
+    // Off by default: the same answer passes as the provider wrote it.
+    let plain = gateway_with_chain(&[&mock], &[(0, "leak")], "").await;
+    let sse = post(&plain, "/v1/chat/completions", &stream).await.text().await.unwrap();
+    assert_eq!(streamed_text(&sse), sluice_tests::openai::LEAK);
+}
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_scanned_is_withheld() {
+    let mock = MockOpenAi::start().await;
+    let models = "[models.m]\ntargets = [{ provider = \"p0\", model = \"leak\" }]\n[pii]\nresponses = true\n";
+    let config = crate::config(&[mock.url()], models);
+    let gw = TestGateway::start_with_env(crate::BIN, &config, &[("SLUICE_FAULTS", "pii_answer_scan")]).await;
+    let whole = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let e = openai_error(post(&gw, "/v1/chat/completions", &whole).await, 500).await;
+    assert_eq!(e["code"], "pii_scan_failed");
+    let stream = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let sse = post(&gw, "/v1/chat/completions", &stream).await.text().await.unwrap();
+    assert!(!sse.contains("jane") && !sse.contains("4111"), "{sse}");
+    assert!(sse.contains("stream_interrupted") && sse.contains("could not check"), "{sse}");
+}

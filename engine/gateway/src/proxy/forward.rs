@@ -21,7 +21,7 @@ use sluice_core::ctx::{Endpoint, TargetFacts};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, GatewayError, Usage};
 
-use super::{Ctx, Gateway, respond, write_error};
+use super::{Ctx, Gateway, answers, respond, write_error};
 use crate::providers::{Dialect, HttpUpstream, ReplyBody, Transport, UpstreamReply, openai};
 use crate::routing::Target;
 use crate::routing::endpoints;
@@ -604,6 +604,11 @@ async fn deliver(
                 plugin.on_response_event(&mut ctx.core, &body);
             }
         }
+        let body = if (200..300).contains(&reply.status) && answers::wanted(&gw.plugins) {
+            answers::check_body(&gw.plugins, &mut ctx.core, &body)?.unwrap_or(body)
+        } else {
+            body
+        };
         let body = match client {
             ClientFormat::Native => body,
             ClientFormat::Anthropic => {
@@ -623,6 +628,7 @@ async fn deliver(
     ctx.downstream_time += started.elapsed();
 
     let mut tracker = SseTracker::new(hide_usage);
+    let mut guard = answers::wanted(&gw.plugins).then(answers::AnswerGuard::default);
     let mut to_anthropic = (client == ClientFormat::Anthropic).then(ToAnthropic::default);
     let mut outward = |b: Bytes| match to_anthropic.as_mut() {
         Some(t) => t.feed(&b),
@@ -637,6 +643,11 @@ async fn deliver(
                 let chunk = match reply.translate.as_mut() {
                     Some(t) => t.feed(&chunk),
                     None => chunk,
+                };
+                let chunk = match guard.as_mut().map(|g| g.feed(&gw.plugins, &mut ctx.core, &chunk)) {
+                    None => chunk,
+                    Some(Ok(checked)) => checked,
+                    Some(Err(e)) => break Err(unchecked(&ctx.core.request_id, &e)),
                 };
                 let plugins = &gw.plugins;
                 let core = &mut ctx.core;
@@ -658,7 +669,41 @@ async fn deliver(
             // A translated stream ends here: what the translation still holds (Gemini's end of
             // answer) goes out before the stream is judged complete or cut.
             Ok(None) if reply.translate.is_some() => {
-                let rest = reply.translate.take().map(|mut t| t.finish()).unwrap_or_default();
+                let mut rest = reply.translate.take().map(|mut t| t.finish()).unwrap_or_default();
+                if let Some(g) = guard.as_mut() {
+                    let checked = g.feed(&gw.plugins, &mut ctx.core, &rest).and_then(|mut b| {
+                        let tail = g.finish(&gw.plugins, &mut ctx.core)?;
+                        let mut all = BytesMut::from(&b[..]);
+                        all.extend_from_slice(&tail);
+                        b = all.freeze();
+                        Ok(b)
+                    });
+                    rest = match checked {
+                        Ok(b) => b,
+                        Err(e) => break Err(unchecked(&ctx.core.request_id, &e)),
+                    };
+                }
+                let out = outward(tracker.feed(rest, |_| {}));
+                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    break Err(StreamEnd::ClientGone);
+                }
+                if tracker.saw_done {
+                    break Ok(());
+                }
+                if tracker.saw_error {
+                    break Err(StreamEnd::Reported);
+                }
+                break Err(StreamEnd::Cut(
+                    "the upstream closed the stream before it was complete".to_owned(),
+                ));
+            }
+            // Checked answers: what is still held goes out before the end is judged.
+            Ok(None) if guard.is_some() => {
+                let rest = match guard.as_mut().map(|g| g.finish(&gw.plugins, &mut ctx.core)) {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => break Err(unchecked(&ctx.core.request_id, &e)),
+                    None => Bytes::new(),
+                };
                 let out = outward(tracker.feed(rest, |_| {}));
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
@@ -726,6 +771,12 @@ async fn deliver(
     let _ = session.write_response_body(end, true).await;
     ctx.downstream_time += wrote.elapsed();
     Ok(())
+}
+
+/// A stream whose answer a plugin could not check is cut there: nothing unchecked goes out.
+fn unchecked(request_id: &str, e: &GatewayError) -> StreamEnd {
+    log::error!("request {request_id}: the answer could not be checked ({}); the stream is cut", e.message);
+    StreamEnd::Cut("the gateway could not check the rest of the answer".to_owned())
 }
 
 /// How a stream that did not end with `[DONE]` ended.

@@ -18,6 +18,7 @@
 //! body (routing by `model`, plugins, translation) and resend it on fallback. `docs/lifecycle.md`
 //! tells the full reasoning.
 
+mod answers;
 mod forward;
 mod inbound;
 mod record;
