@@ -74,7 +74,7 @@ fn limits(c: &mut Criterion) {
         std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_millis(200))
             .is_ok();
     if redis_up {
-        let redis = RedisLimits::new("redis://127.0.0.1:6379", "sluice-bench:", true).unwrap();
+        let redis = RedisLimits::new("redis://127.0.0.1:6379", "sluice-bench:", true, None).unwrap();
         rt.block_on(redis.reserve(&charges(0))).unwrap();
         group.bench_function("reserve_3_levels_redis", |b| {
             b.iter(|| {
@@ -108,9 +108,15 @@ fn budgets(c: &mut Criterion) {
         let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         // refresh 0: every read and every add goes to Redis (the worst case, and what one instance
         // with budgets.refresh = "0ms" does on every request).
-        let direct =
-            RedisSpend::new("redis://127.0.0.1:6379", "sluice-bench:", None, healthy.clone(), Duration::ZERO)
-                .unwrap();
+        let direct = RedisSpend::new(
+            "redis://127.0.0.1:6379",
+            "sluice-bench:",
+            None,
+            healthy.clone(),
+            Duration::ZERO,
+            None,
+        )
+        .unwrap();
         rt.block_on(direct.spent(&counters(0))).unwrap();
         group.bench_function("check_and_add_redis_uncached", |b| {
             b.iter(|| {
@@ -127,6 +133,7 @@ fn budgets(c: &mut Criterion) {
             None,
             healthy,
             Duration::from_millis(250),
+            None,
         )
         .unwrap();
         let cs = counters(7);

@@ -63,6 +63,8 @@ pub struct Throwaway {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra server options (`-c name=value ...`).
+    opts: String,
 }
 
 impl Throwaway {
@@ -78,9 +80,25 @@ impl Throwaway {
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
             .arg(&data));
         let port = crate::free_port();
-        let pg = Self { port, dir, bin };
+        let pg = Self { port, dir, bin, opts: String::new() };
         pg.resume();
         pg
+    }
+
+    /// Like [`Self::start`], with TLS on (a self-signed certificate for `localhost` and 127.0.0.1);
+    /// returns the server and the certificate's path (the CA a client must trust).
+    pub fn start_tls() -> (Self, PathBuf) {
+        let mut pg = Self::start();
+        pg.stop();
+        let tls = pg.dir.join("tls");
+        let (cert, key) = crate::tls::self_signed(&tls);
+        if is_root() {
+            run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&tls));
+        }
+        run(Command::new("chmod").arg("600").arg(&key));
+        pg.opts = format!("-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display());
+        pg.resume();
+        (pg, cert)
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -90,9 +108,10 @@ impl Throwaway {
     /// Starts (again) and waits until it accepts connections.
     pub fn resume(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.opts
         );
         run(as_owner(&self.bin.join("pg_ctl"))
             .args(["start", "-w", "-t", "30", "-D"])

@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sluice_core::budgets::{Dimension, SpendScope};
 use tokio::sync::OnceCell;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::ledger::postgres;
 use crate::ledger::spend::{SpendQuery, SpendRow};
@@ -23,14 +23,13 @@ pub struct Db {
 impl Db {
     /// `url` is checked by configuration before it gets here.
     pub fn new(url: String) -> Result<Self, String> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+        let (mut config, tls) = crate::pg_tls::config(&url)?;
         config.connect_timeout(Duration::from_secs(3));
         if config.get_application_name().is_none() {
             config.application_name("sluice");
         }
         let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .build()

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod pg_tls;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

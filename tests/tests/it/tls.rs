@@ -213,3 +213,118 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     assert!(log.contains("the previous certificate keeps serving"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_ledger_reaches_postgres_over_tls_with_the_certificate_verified() {
+    let (pg, ca) = tokio::task::spawn_blocking(sluice_tests::postgres::Throwaway::start_tls).await.unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        ca.display()
+    );
+    let mock = MockOpenAi::start().await;
+    let extra = format!("[state]\npostgres = \"{url}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n");
+    let gw = crate::gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    // The test's own connection is plain; the gateway's must all be TLS.
+    let db = sluice_tests::postgres::connect(&pg.url("postgres")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = db.query("SELECT count(*) FROM cost_records", &[]).await;
+        if rows.is_ok_and(|r| r[0].get::<_, i64>(0) == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the record never reached PostgreSQL");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (tls, plain): (i64, i64) = {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'sluice%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(tls >= 1 && plain == 0, "sluice's connections: {tls} over TLS, {plain} plain");
+
+    // A certificate from a CA the URL does not trust is refused.
+    let other = std::env::temp_dir().join(format!("sluice-tls-{}-otherca", std::process::id()));
+    let (wrong_ca, _) = self_signed(&other);
+    let wrong = url.replace(&ca.display().to_string(), &wrong_ca.display().to_string());
+    let out = tokio::process::Command::new(BIN)
+        .args(["audit", "verify", "--postgres", &wrong])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate verify failed"), "{err}");
+    let _ = std::fs::remove_dir_all(other);
+}
+
+/// A Redis server of its own that speaks TLS only; killed when dropped.
+struct TlsRedis(std::process::Child);
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn limits_reach_redis_over_tls_with_the_certificate_verified() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}-redis", std::process::id()));
+    let (cert, key) = self_signed(&dir);
+    let port = free_port();
+    let _redis = TlsRedis(
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert)
+            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the TLS Redis did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mock = MockOpenAi::start().await;
+    // Fail closed: were Redis not reached, requests would be refused (503), not limited locally.
+    let limits = |ca: &std::path::Path| {
+        format!(
+            "[state]\nredis = \"rediss://localhost:{port}\"\nredis_ca_file = \"{}\"\nkey_prefix = \"{}\"\n\
+             [limits]\nteam = {{ rpm = 2 }}\non_store_failure = \"closed\"\n",
+            ca.display(),
+            crate::redis_prefix()
+        )
+    };
+    let gw = crate::gateway_with_chain(&[&mock], &[(0, "ok")], &limits(&cert)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429], "the shared limit, kept in Redis over TLS");
+    let h: serde_json::Value =
+        crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["redis"], "ok");
+
+    // A server certificate from a CA the gateway does not trust: no connection, so (closed) 503.
+    let (other_ca, _) = self_signed(&dir.join("other"));
+    let untrusting = crate::gateway_with_chain(&[&mock], &[(0, "ok")], &limits(&other_ca)).await;
+    let r = post(&untrusting, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.status(), 503);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -236,6 +236,9 @@ pub struct StateFile {
     /// `redis://host:port[/db]` (or `rediss://` for TLS), or a reference `env:NAME` / `file:PATH`
     /// when it carries a password. Limits are shared by every instance using the same Redis.
     pub redis: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` only; default:
+    /// the system's roots).
+    pub redis_ca_file: Option<String>,
     /// `postgres://user@host:port/db` (or a reference `env:NAME` / `file:PATH`): the cost ledger.
     /// Without it, records are kept in memory only.
     pub postgres: Option<String>,

@@ -175,8 +175,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         None => None,
     };
     if let Some(url) = &postgres {
-        url.parse::<tokio_postgres::Config>()
-            .map_err(|e| format!("state.postgres: not a PostgreSQL URL: {e}"))?;
+        crate::pg_tls::config(url).map_err(|e| format!("state.postgres: {e}"))?;
     }
     settings.audit = postgres.is_some();
     if file.audit.content {
@@ -227,15 +226,22 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                 };
                 let prefix = &file.state.key_prefix;
                 let local = file.limits.as_ref().is_none_or(|l| l.on_store_failure == FailMode::Local);
-                let limits =
-                    RedisLimits::new(&url, prefix, local).map_err(|e| format!("state.redis: {e}"))?;
+                let limits = RedisLimits::new(&url, prefix, local, file.state.redis_ca_file.as_deref())
+                    .map_err(|e| format!("state.redis: {e}"))?;
                 let healthy = limits.healthy();
                 let refresh = match &file.budgets {
                     Some(b) => duration(&b.refresh, "budgets.refresh")?,
                     None => Duration::ZERO,
                 };
-                let spend = RedisSpend::new(&url, prefix, seeder, healthy.clone(), refresh)
-                    .map_err(|e| format!("state.redis: {e}"))?;
+                let spend = RedisSpend::new(
+                    &url,
+                    prefix,
+                    seeder,
+                    healthy.clone(),
+                    refresh,
+                    file.state.redis_ca_file.as_deref(),
+                )
+                .map_err(|e| format!("state.redis: {e}"))?;
                 (Arc::new(limits), Arc::new(spend), Some(healthy))
             }
             None => (Arc::new(MemoryLimits::default()), Arc::new(MemorySpend::new(seeder)), None),

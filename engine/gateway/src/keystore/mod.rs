@@ -206,11 +206,13 @@ impl ManagedKeys {
     }
 
     async fn follow_once(&self) -> Result<(), String> {
-        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| format!("{e}"))?;
+        let (mut config, tls) = crate::pg_tls::config(&self.url)?;
         config.connect_timeout(Duration::from_secs(3));
         config.application_name("sluice-keys");
-        let (client, mut connection) =
-            config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let (client, mut connection) = config
+            .connect(tls)
+            .await
+            .map_err(|e| format!("cannot connect: {}", crate::pg_tls::describe(&e)))?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

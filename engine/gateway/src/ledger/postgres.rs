@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_core::record::CostRecord;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use sluice_core::calendar::date;
 
@@ -57,16 +57,15 @@ pub(crate) const PARTITION_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// Connects, with a bounded wait; the connection task runs on the caller's runtime.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+    let (mut config, tls) = crate::pg_tls::config(url)?;
     config.connect_timeout(timeout);
     if config.get_application_name().is_none() {
         config.application_name("sluice");
     }
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
         .await
         .map_err(|_| "PostgreSQL did not answer in time".to_owned())?
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", crate::pg_tls::describe(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("PostgreSQL connection closed: {e}");

@@ -99,6 +99,26 @@ thread_local! {
     static CLIENTS: RefCell<HashMap<String, Client>> = RefCell::new(HashMap::new());
 }
 
+/// The client configuration of a Redis URL: `redis://`, or `rediss://` for TLS (the server's
+/// certificate verified against the system's roots, or against `ca_file`). Errors never repeat the
+/// URL, which may carry a password.
+pub fn redis_config(url: &str, ca_file: Option<&str>) -> Result<Config, String> {
+    let mut config = Config::from_url(url).map_err(|e| format!("not a usable Redis URL: {}", e.details()))?;
+    if let Some(path) = ca_file {
+        if config.tls.is_none() {
+            return Err("a CA file is set but the URL is not rediss:// (TLS)".into());
+        }
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {path}: {e}"))?;
+        let ca = native_tls::Certificate::from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+        let connector = native_tls::TlsConnector::builder()
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|e| format!("TLS: {e}"))?;
+        config.tls = Some(fred::types::config::TlsConnector::from(connector).into());
+    }
+    Ok(config)
+}
+
 /// This thread's connection to `url`, made on first use. The first use waits (up to 3 s) for the
 /// connection — a Redis Cluster client must first learn the slots and reach every node, which
 /// takes longer than one command's timeout; later commands only wait their own 250 ms. Shared by
@@ -176,8 +196,8 @@ impl RedisLimits {
     }
 
     /// `url`: `redis://host:port[/db]` or `rediss://` for TLS; `prefix` goes before every key.
-    pub fn new(url: &str, prefix: &str, local_fallback: bool) -> Result<Self, String> {
-        let config = Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?;
+    pub fn new(url: &str, prefix: &str, local_fallback: bool, ca_file: Option<&str>) -> Result<Self, String> {
+        let config = redis_config(url, ca_file)?;
         Ok(Self {
             url: url.to_owned(),
             config,

@@ -398,10 +398,11 @@ impl RedisSpend {
         seeder: Option<Arc<Seeder>>,
         healthy: Arc<AtomicBool>,
         refresh: Duration,
+        ca_file: Option<&str>,
     ) -> Result<Self, String> {
         Ok(Self(Arc::new(RedisInner {
             url: url.to_owned(),
-            config: Config::from_url(url).map_err(|e| format!("`{url}`: {e}"))?,
+            config: crate::stores::redis::redis_config(url, ca_file)?,
             prefix: prefix.to_owned(),
             add: Script::from_lua(ADD),
             seed: Script::from_lua(SEED),
