@@ -26,6 +26,7 @@ pub struct AdminApi {
     ledger: Arc<Ledger>,
     reader: Option<Arc<Db>>,
     directory: Arc<dyn Directory>,
+    reload: Arc<crate::reload::Reload>,
 }
 
 impl AdminApi {
@@ -34,8 +35,15 @@ impl AdminApi {
         ledger: Arc<Ledger>,
         reader: Option<Arc<Db>>,
         directory: Arc<dyn Directory>,
+        reload: Arc<crate::reload::Reload>,
     ) -> Self {
-        Self { token_hash: Sha256::digest(token.expose().as_bytes()).into(), ledger, reader, directory }
+        Self {
+            token_hash: Sha256::digest(token.expose().as_bytes()).into(),
+            ledger,
+            reader,
+            directory,
+            reload,
+        }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -62,6 +70,11 @@ impl AdminApi {
         let param = |name: &str| query_param(query, name);
         match (method, segments.as_slice()) {
             ("GET", ["spend"]) => Ok((200, self.spend(query).await?)),
+            ("POST", ["reload"]) => {
+                let v = self.reload.run().await;
+                self.audit("reload", &v).await;
+                Ok((200, v))
+            }
             ("POST", [kind @ ("orgs" | "teams" | "apps")]) => {
                 let body: Value = read_json(session).await?;
                 let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
@@ -108,7 +121,7 @@ impl AdminApi {
                 self.audit("rotate", &v).await;
                 Ok((201, v))
             }
-            (_, ["spend" | "orgs" | "teams" | "apps" | "keys", ..]) => Err(GatewayError::new(
+            (_, ["spend" | "orgs" | "teams" | "apps" | "keys" | "reload", ..]) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("Method {method} is not allowed on {path}."),
             )),

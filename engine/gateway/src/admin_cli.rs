@@ -9,6 +9,7 @@
 //! sluice admin ... keys list [--app APP] [--team TEAM] | keys show ID | keys revoke ID
 //! sluice admin ... keys rotate ID [--grace 24h]
 //! sluice admin ... spend [--group-by team] [--period day|week|month] [--date YYYY-MM-DD] [--team T]
+//! sluice admin ... reload
 //! ```
 //!
 //! The URL defaults to `$SLUICE_ADMIN_URL`, else `http://127.0.0.1:9090`; the token is `--token`
@@ -28,7 +29,8 @@ pub const USAGE: &str = "  sluice admin [--url URL] [--token env:NAME|file:PATH]
       apps create ID --team TEAM [--name NAME] | apps list [--team TEAM]
       keys create --app APP [--name N] [--user U] [--models a,b] [--regions eu] [--tags phi] [--expires-in 90d|never]
       keys list [--app APP] [--team TEAM] | keys show ID | keys revoke ID | keys rotate ID [--grace 24h]
-      spend [--group-by team|app|user|model|org|key] [--period day|week|month] [--date YYYY-MM-DD] [--team T]";
+      spend [--group-by team|app|user|model|org|key] [--period day|week|month] [--date YYYY-MM-DD] [--team T]
+      reload                          (secrets from Vault and the TLS certificate, read again now)";
 
 /// One admin call: method, path with query, optional JSON body.
 #[derive(Debug, PartialEq)]
@@ -149,6 +151,7 @@ pub fn parse(args: &[String]) -> Result<Call, String> {
             let body = flags.get("grace").map_or_else(|| json!({}), |g| json!({"grace": g}));
             call("POST", format!("/admin/keys/{}/rotate", encode(id)), Some(body))
         }
+        ["reload"] => call("POST", "/admin/reload".to_owned(), Some(json!({}))),
         ["spend"] => {
             let allowed = [
                 ("group-by", "group_by"),

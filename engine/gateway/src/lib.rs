@@ -22,6 +22,7 @@ pub mod notify;
 pub mod pg_tls;
 pub mod providers;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod sse;

@@ -99,6 +99,8 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         crate::audit_export::start_sealer(url.to_owned(), dir.clone(), *delay, gateway.ledger.clone())?;
     }
     let directory = gateway.directory.clone();
+    let reload =
+        Arc::new(crate::reload::Reload { vault: gateway.vault.clone(), certs: gateway.certs.clone() });
     let certs = gateway.certs.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     gateway.lifecycle = lifecycle.clone();
@@ -123,7 +125,13 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     let admin = match (settings.admin.as_ref(), directory) {
         (Some((listen, token)), Some(directory)) => Some((
             listen.clone(),
-            crate::admin::AdminApi::new(token, gateway_ledger.clone(), gateway_reader.clone(), directory),
+            crate::admin::AdminApi::new(
+                token,
+                gateway_ledger.clone(),
+                gateway_reader.clone(),
+                directory,
+                reload.clone(),
+            ),
         )),
         _ => None,
     };
@@ -142,7 +150,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     }
     log::info!("sluice listening on {listen} with {threads} threads");
     crate::logging::start_access_flusher();
-    server.run(RunArgs { shutdown_signal: Box::new(Drain { lifecycle, grace: settings.shutdown_grace }) });
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain { lifecycle, grace: settings.shutdown_grace, reload }),
+    });
     ledger.finish();
     crate::logging::flush_access();
     Ok(())
@@ -183,20 +193,29 @@ fn stop_now() -> ShutdownSignal {
 struct Drain {
     lifecycle: Arc<Lifecycle>,
     grace: Duration,
+    /// SIGHUP reloads what can be reloaded (and never stops the gateway, as SIGHUP's default would).
+    reload: Arc<crate::reload::Reload>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Drain {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
         else {
             log::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
         self.lifecycle.started.store(true, Ordering::Relaxed);
-        tokio::select! {
-            _ = int.recv() => return stop_now(),
-            _ = term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = int.recv() => return stop_now(),
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading secrets and the TLS certificate");
+                    self.reload.run().await;
+                }
+            }
         }
         self.lifecycle.draining.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + self.grace;

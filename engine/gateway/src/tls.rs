@@ -59,6 +59,12 @@ impl CertStore {
         if *self.stamp.read().unwrap_or_else(|p| p.into_inner()) == now {
             return Ok(false);
         }
+        self.reload()
+    }
+
+    /// Loads the pair from its files now, changed or not.
+    pub fn reload(&self) -> Result<bool, String> {
+        let now = stamp(&self.cert_path, &self.key_path);
         let pair = load(&self.cert_path, &self.key_path)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
         *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;

@@ -205,18 +205,27 @@ impl Vault {
             .map_err(|e| format!("cannot start the Vault refresher: {e}"))
     }
 
-    async fn refresh_all(&self) {
+    /// Reads every kept secret again; returns how many were read, how many changed, and the
+    /// failures (sentences without values).
+    pub async fn refresh_all(&self) -> (usize, usize, Vec<String>) {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (mut read, mut changed, mut failed) = (0, 0, Vec::new());
         for (what, r, cell) in live {
             match self.read(&r).await {
                 Ok(value) => {
+                    read += 1;
                     if cell.set(value) {
+                        changed += 1;
                         log::info!("vault: {what} changed in Vault ({r}); new requests use the new value");
                     }
                 }
-                Err(e) => log::warn!("vault: cannot refresh {what}: {e}; the current value stays"),
+                Err(e) => {
+                    log::warn!("vault: cannot refresh {what}: {e}; the current value stays");
+                    failed.push(format!("{what}: {e}"));
+                }
             }
         }
+        (read, changed, failed)
     }
 }
 

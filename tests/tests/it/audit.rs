@@ -194,11 +194,18 @@ async fn the_gateway_runs_as_a_role_that_can_only_add_to_the_ledger_and_the_audi
         .await
         .unwrap();
     assert_eq!(admin.status(), 201, "the admin API writes keys' tables as the role");
+    let reload = crate::client()
+        .post(format!("http://127.0.0.1:{}/admin/reload", gw.admin_port))
+        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let audit: i64 = owner.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
         let costs: i64 = owner.query_one("SELECT count(*) FROM cost_records", &[]).await.unwrap().get(0);
-        if audit >= 3 && costs >= 2 {
+        if audit >= 4 && costs >= 2 {
             break;
         }
         assert!(
@@ -208,6 +215,9 @@ async fn the_gateway_runs_as_a_role_that_can_only_add_to_the_ledger_and_the_audi
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let actions: Vec<String> =
+        owner.query("SELECT action FROM audit_log", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(actions.contains(&"admin.config.reload".to_owned()), "a reload is audited: {actions:?}");
     let spool = gw.dir().join("spool");
     let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
     assert_eq!(spooled, 0, "nothing was refused and spooled");

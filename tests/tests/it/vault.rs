@@ -128,3 +128,39 @@ async fn a_secret_that_cannot_be_read_stops_the_start_with_a_sentence_and_no_val
     assert!(e.contains("expected vault:MOUNT/PATH#FIELD"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// Multi-threaded: `sluice admin reload` blocks the test's thread while the fake Vault answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_vault_again_now_from_the_admin_api_and_on_sighup() {
+    let (mock, vault) = (MockOpenAi::start().await, FakeVault::start().await);
+    vault.add_token(TOKEN);
+    vault.put("secret/sluice/openai", json!({"api_key": "sk-reload-one"}));
+    // No periodic refresh within the test: only a reload can bring a new key.
+    let text = config(&mock, &vault, "token = \"file:{dir}/vault.token\"")
+        .replace("refresh = \"200ms\"", "refresh = \"1h\"")
+        + "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"file:{dir}/admin.token\"\n";
+    let gw = TestGateway::start_with_files(BIN, &text, &[("vault.token", TOKEN)]).await;
+    until_upstream_sees(&gw, &mock, "sk-reload-one").await;
+    vault.put("secret/sluice/openai", json!({"api_key": "sk-reload-two"}));
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let seen = mock.requests().last().and_then(|r| r.header("authorization").map(str::to_owned));
+    assert_eq!(seen.as_deref(), Some("Bearer sk-reload-one"), "nothing reads Vault again by itself yet");
+
+    let out = Command::new(BIN)
+        .args(["admin", "--url", &format!("http://127.0.0.1:{}", gw.admin_port)])
+        .args(["--token", &format!("file:{}/admin.token", gw.dir().display()), "reload"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((answer["vault"]["read"].as_u64(), answer["vault"]["changed"].as_u64()), (Some(1), Some(1)));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sk-reload"), "no value in the answer");
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let seen = mock.requests().last().and_then(|r| r.header("authorization").map(str::to_owned));
+    assert_eq!(seen.as_deref(), Some("Bearer sk-reload-two"));
+
+    // SIGHUP does the same, and the gateway serves on (SIGHUP's default would end it).
+    vault.put("secret/sluice/openai", json!({"api_key": "sk-reload-three"}));
+    gw.signal(libc::SIGHUP);
+    until_upstream_sees(&gw, &mock, "sk-reload-three").await;
+}
