@@ -17,12 +17,13 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
-use sluice_core::secret::Secret;
+use sluice_core::secret::LiveSecret;
 use sluice_core::{ErrorKind, GatewayError};
 
 pub struct AdminApi {
-    /// SHA-256 of the admin token: compared in constant time, never kept in clear.
-    token_hash: [u8; 32],
+    /// The admin token (refreshed from Vault when it comes from there); presented tokens are
+    /// compared by SHA-256 in constant time.
+    token: LiveSecret,
     ledger: Arc<Ledger>,
     reader: Option<Arc<Db>>,
     directory: Arc<dyn Directory>,
@@ -31,14 +32,14 @@ pub struct AdminApi {
 
 impl AdminApi {
     pub fn new(
-        token: &Secret,
+        token: &LiveSecret,
         ledger: Arc<Ledger>,
         reader: Option<Arc<Db>>,
         directory: Arc<dyn Directory>,
         reload: Arc<crate::reload::Reload>,
     ) -> Self {
         Self {
-            token_hash: Sha256::digest(token.expose().as_bytes()).into(),
+            token: token.clone(),
             ledger,
             reader,
             directory,
@@ -56,7 +57,8 @@ impl AdminApi {
             .map(str::trim);
         let Some(presented) = presented else { return false };
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        hash.iter().zip(self.token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        let expected: [u8; 32] = Sha256::digest(self.token.get().as_bytes()).into();
+        hash.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     async fn route(

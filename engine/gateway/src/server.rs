@@ -55,6 +55,23 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (niceness +10). Background threads — the
+/// ledger's writer above all, whose batches (serializing, hashing the audit chain, talking to
+/// PostgreSQL) come in bursts — then give way to the request workers when they share cores, and a
+/// burst no longer shows up in the requests' tail latency. The work itself is not delayed when the
+/// cores have room.
+#[expect(unsafe_code, reason = "setpriority(2) on the calling thread: plain integers, no memory")]
+pub fn yield_to_requests() {
+    // SAFETY: gettid and setpriority take and return integers only; they touch no memory of ours.
+    let done = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+    };
+    if done != 0 {
+        log::debug!("cannot lower a background thread's priority: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Runs the gateway until a signal stops it. `listen` overrides `server.listen`.
 pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     let settings = gateway.settings.clone();

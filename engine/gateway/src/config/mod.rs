@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::secret::Secret;
+use sluice_core::secret::{LiveSecret, Secret};
 use sluice_plugins::{PluginsConfig, Stores};
 
 use crate::db::Db;
@@ -49,7 +49,7 @@ pub struct Settings {
     pub max_attempts: u32,
     pub cooldown: Duration,
     /// The admin API: its listen address and token.
-    pub admin: Option<(String, Secret)>,
+    pub admin: Option<(String, LiveSecret)>,
     /// The admin token is a literal demo token (so the admin API must stay on loopback).
     pub admin_demo_token: bool,
     /// Requests are audited (PostgreSQL): each record carries the body's SHA-256.
@@ -345,10 +345,15 @@ fn is_reference(text: &str) -> bool {
 }
 
 /// The admin token: a reference, or a literal demo token on a loopback listener only.
-fn admin_token(a: &file::AdminFile, vault: Option<&Vault>) -> Result<Secret, String> {
+/// From Vault, it is kept current like provider keys (a rotated admin token is taken up).
+fn admin_token(a: &file::AdminFile, vault: Option<&Vault>) -> Result<LiveSecret, String> {
     match (&a.token, &a.demo_token) {
-        (Some(reference), None) => vault::resolve(reference, vault).map_err(|e| format!("admin.token: {e}")),
-        (None, Some(literal)) if is_loopback(&a.listen) && !literal.is_empty() => Ok(Secret::demo(literal)),
+        (Some(reference), None) => {
+            vault::resolve_live(reference, "admin.token", vault).map_err(|e| format!("admin.token: {e}"))
+        }
+        (None, Some(literal)) if is_loopback(&a.listen) && !literal.is_empty() => {
+            Ok(LiveSecret::new(Secret::demo(literal)))
+        }
         (None, Some(_)) => Err(format!(
             "admin.demo_token: a literal token is only accepted on a loopback listener (127.0.0.1, [::1] \
              or localhost), not `{}`; use token = \"env:NAME\" or \"file:PATH\"",

@@ -183,6 +183,7 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name("sluice-ledger".into())
             .spawn(move || {
+                crate::server::yield_to_requests();
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
