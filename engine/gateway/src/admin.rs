@@ -38,13 +38,7 @@ impl AdminApi {
         directory: Arc<dyn Directory>,
         reload: Arc<crate::reload::Reload>,
     ) -> Self {
-        Self {
-            token: token.clone(),
-            ledger,
-            reader,
-            directory,
-            reload,
-        }
+        Self { token: token.clone(), ledger, reader, directory, reload }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {

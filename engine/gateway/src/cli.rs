@@ -177,15 +177,7 @@ fn audit_verify(args: &[String]) -> i32 {
         };
         return audit_export(&url, day.as_deref(), std::path::Path::new(&dir));
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
-    rt.block_on(async {
-        let client = match crate::ledger::postgres::connect(&url, std::time::Duration::from_secs(5)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("sluice audit verify: {e}");
-                return 2;
-            }
-        };
+    with_db("sluice audit verify", &url, async |client| {
         match crate::audit::verify(&client, day.as_deref()).await {
             Ok(crate::audit::Verdict::Intact { rows, days }) => {
                 if let Some(dir) = &sealed {
@@ -230,15 +222,7 @@ fn audit_export(url: &str, day: Option<&str>, dir: &std::path::Path) -> i32 {
             return 2;
         }
     };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
-    rt.block_on(async {
-        let client = match crate::ledger::postgres::connect(url, std::time::Duration::from_secs(5)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("sluice audit export: {e}");
-                return 2;
-            }
-        };
+    with_db("sluice audit export", url, async |client| {
         match crate::audit_export::export_day(&client, &day, dir).await {
             Ok(Some(seal)) => {
                 println!("sealed {} rows of {day} (head {}) in {}", seal.rows, seal.head, dir.display());
@@ -251,6 +235,20 @@ fn audit_export(url: &str, day: Option<&str>, dir: &std::path::Path) -> i32 {
             Err(e) => {
                 eprintln!("sluice audit export: {e}");
                 1
+            }
+        }
+    })
+}
+
+/// Runs `f` with a connection to `url` on a runtime of its own; exit code 2 when there is none.
+fn with_db(command: &str, url: &str, f: impl AsyncFnOnce(tokio_postgres::Client) -> i32) -> i32 {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
+    rt.block_on(async {
+        match crate::ledger::postgres::connect(url, std::time::Duration::from_secs(5)).await {
+            Ok(client) => f(client).await,
+            Err(e) => {
+                eprintln!("{command}: {e}");
+                2
             }
         }
     })
@@ -293,17 +291,12 @@ fn db(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 2 };
-    rt.block_on(async {
-        let mut client = match crate::ledger::postgres::connect(&url, std::time::Duration::from_secs(5)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("sluice db: {e}");
-                return 2;
-            }
-        };
+    with_db("sluice db", &url, async |mut client| {
         if let Err(e) = crate::ledger::postgres::migrate(&mut client).await {
-            eprintln!("sluice db: cannot apply the migrations: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()));
+            eprintln!(
+                "sluice db: cannot apply the migrations: {}",
+                e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+            );
             return 1;
         }
         let Some(role) = command else {
@@ -312,7 +305,9 @@ fn db(args: &[String]) -> i32 {
         };
         match crate::ledger::postgres::grant(&client, &role).await {
             Ok(()) => {
-                println!("role {role} may now run the gateway (INSERT and SELECT on the ledger and the audit trail)");
+                println!(
+                    "role {role} may now run the gateway (INSERT and SELECT on the ledger and the audit trail)"
+                );
                 0
             }
             Err(e) => {

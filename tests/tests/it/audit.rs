@@ -12,6 +12,14 @@ use sluice_tests::postgres::TestDb;
 
 use crate::{BIN, chat_body, gateway_with_chain, post};
 
+/// POSTs `body` to the admin API; returns the status.
+async fn admin_post(gw: &sluice_tests::gateway::TestGateway, path: &str, body: serde_json::Value) -> u16 {
+    let url = format!("http://127.0.0.1:{}{path}", gw.admin_port);
+    let r =
+        crate::client().post(url).bearer_auth(sluice_tests::gateway::ADMIN_TOKEN).json(&body).send().await;
+    r.unwrap().status().as_u16()
+}
+
 fn verify(db: &TestDb) -> (i32, String) {
     let out = Command::new(BIN).args(["audit", "verify", "--postgres", &db.url()]).output().unwrap();
     (
@@ -35,14 +43,7 @@ async fn every_request_is_audited_in_a_hash_chain_that_detects_tampering() {
     assert_eq!(post(&gw, "/v1/chat/completions", &pii).await.status(), 400);
     let redacted = json!({"model": "m", "messages": [{"role": "user", "content": "mail jane@example.com"}]});
     assert_eq!(post(&gw, "/v1/chat/completions", &redacted).await.status(), 200);
-    let admin = crate::client()
-        .post(format!("http://127.0.0.1:{}/admin/orgs", gw.admin_port))
-        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
-        .json(&json!({"id": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(admin.status(), 201);
+    assert_eq!(admin_post(&gw, "/admin/orgs", json!({"id": "acme"})).await, 201);
 
     let pg = db.client().await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -186,21 +187,9 @@ async fn the_gateway_runs_as_a_role_that_can_only_add_to_the_ledger_and_the_audi
     assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
     let pii = json!({"model": "m", "messages": [{"role": "user", "content": "ssn 123-45-6789"}]});
     assert_eq!(post(&gw, "/v1/chat/completions", &pii).await.status(), 400);
-    let admin = crate::client()
-        .post(format!("http://127.0.0.1:{}/admin/orgs", gw.admin_port))
-        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
-        .json(&json!({"id": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(admin.status(), 201, "the admin API writes keys' tables as the role");
-    let reload = crate::client()
-        .post(format!("http://127.0.0.1:{}/admin/reload", gw.admin_port))
-        .bearer_auth(sluice_tests::gateway::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reload.status(), 200);
+    let created = admin_post(&gw, "/admin/orgs", json!({"id": "acme"})).await;
+    assert_eq!(created, 201, "the admin API writes keys' tables as the role");
+    assert_eq!(admin_post(&gw, "/admin/reload", json!({})).await, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let audit: i64 = owner.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);

@@ -687,15 +687,7 @@ async fn deliver(
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
                 }
-                if tracker.saw_done {
-                    break Ok(());
-                }
-                if tracker.saw_error {
-                    break Err(StreamEnd::Reported);
-                }
-                break Err(StreamEnd::Cut(
-                    "the upstream closed the stream before it was complete".to_owned(),
-                ));
+                break ended(&tracker);
             }
             // Checked answers: what is still held goes out before the end is judged.
             Ok(None) if guard.is_some() => {
@@ -708,24 +700,10 @@ async fn deliver(
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
                 }
-                if tracker.saw_done {
-                    break Ok(());
-                }
-                if tracker.saw_error {
-                    break Err(StreamEnd::Reported);
-                }
-                break Err(StreamEnd::Cut(
-                    "the upstream closed the stream before it was complete".to_owned(),
-                ));
+                break ended(&tracker);
             }
-            Ok(None) if tracker.saw_done => break Ok(()),
-            // The client already has the provider's error event: no second one.
-            Ok(None) if tracker.saw_error => break Err(StreamEnd::Reported),
-            Ok(None) => {
-                break Err(StreamEnd::Cut(
-                    "the upstream closed the stream before it was complete".to_owned(),
-                ));
-            }
+            // After the provider's own error event the client gets no second one.
+            Ok(None) => break ended(&tracker),
             Err(f) => break Err(StreamEnd::Cut(format!("the upstream stream failed: {}", f.reason))),
         }
     };
@@ -771,6 +749,18 @@ async fn deliver(
     let _ = session.write_response_body(end, true).await;
     ctx.downstream_time += wrote.elapsed();
     Ok(())
+}
+
+/// How a stream ended once the upstream stopped sending: complete, with the upstream's own error
+/// event, or cut short.
+fn ended(tracker: &SseTracker) -> Result<(), StreamEnd> {
+    if tracker.saw_done {
+        Ok(())
+    } else if tracker.saw_error {
+        Err(StreamEnd::Reported)
+    } else {
+        Err(StreamEnd::Cut("the upstream closed the stream before it was complete".to_owned()))
+    }
 }
 
 /// A stream whose answer a plugin could not check is cut there: nothing unchecked goes out.
