@@ -4,7 +4,7 @@
 use crate::config;
 
 const USAGE: &str = "usage:
-  sluice [--config FILE] [--listen ADDR] [--admin-listen ADDR]
+  sluice [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--region NAME]
                                            run the gateway (default: the embedded conf/default.toml)
   sluice check-config FILE                 validate a configuration file and exit
   sluice admin ...                         call the admin API (sluice admin --help)
@@ -19,8 +19,15 @@ const USAGE: &str = "usage:
                                            ledger and the audit trail, never UPDATE or DELETE";
 
 enum Command {
-    Run { config: Option<String>, listen: Option<String>, admin_listen: Option<String> },
-    Check { file: String },
+    Run {
+        config: Option<String>,
+        listen: Option<String>,
+        admin_listen: Option<String>,
+        region: Option<String>,
+    },
+    Check {
+        file: String,
+    },
     Help,
 }
 
@@ -32,7 +39,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         },
         Some("-h" | "--help" | "help") => Ok(Command::Help),
         _ => {
-            let (mut config, mut listen, mut admin_listen) = (None, None, None);
+            let (mut config, mut listen, mut admin_listen, mut region) = (None, None, None, None);
             let mut it = args.iter();
             while let Some(a) = it.next() {
                 let (flag, inline) = match a.split_once('=') {
@@ -43,6 +50,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                     "--config" | "-c" => &mut config,
                     "--listen" | "-l" => &mut listen,
                     "--admin-listen" => &mut admin_listen,
+                    "--region" => &mut region,
                     other => return Err(format!("unknown argument `{other}`")),
                 };
                 let value = match inline {
@@ -51,17 +59,45 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 };
                 *slot = Some(value);
             }
-            Ok(Command::Run { config, listen, admin_listen })
+            Ok(Command::Run { config, listen, admin_listen, region })
         }
     }
 }
 
-fn load(path: Option<&str>) -> Result<crate::proxy::Gateway, String> {
+fn read(path: Option<&str>) -> Result<(config::file::ConfigFile, String), String> {
     let (text, origin) = match path {
         Some(p) => (std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?, p.to_owned()),
         None => (config::DEFAULT_TOML.to_owned(), "embedded conf/default.toml".to_owned()),
     };
-    config::build(config::parse(&text, &origin)?).map_err(|e| format!("{origin}: {e}"))
+    Ok((config::parse(&text, &origin)?, origin))
+}
+
+/// The gateway of a configuration; `region` (`--region`) replaces `server.region`.
+fn load(path: Option<&str>, region: Option<String>) -> Result<crate::proxy::Gateway, String> {
+    let (mut file, origin) = read(path)?;
+    if region.is_some() {
+        file.server.region = region;
+    }
+    config::build(file).map_err(|e| format!("{origin}: {e}"))
+}
+
+/// `check-config`: a file with `[regions]` and no `server.region` is checked once per region.
+fn check(path: &str) -> Result<String, String> {
+    let (file, origin) = read(Some(path))?;
+    let regions: Vec<String> =
+        if file.server.region.is_none() { file.regions.keys().cloned().collect() } else { Vec::new() };
+    if regions.is_empty() {
+        let gw = config::build(file).map_err(|e| format!("{origin}: {e}"))?;
+        return Ok(format!("{} models, {} plugins", gw.router.routes.len(), gw.plugins.len()));
+    }
+    let mut seen = Vec::new();
+    for region in regions {
+        let mut one = file.clone();
+        one.server.region = Some(region.clone());
+        let gw = config::build(one).map_err(|e| format!("{origin} (region {region}): {e}"))?;
+        seen.push(format!("{} models in {region}", gw.router.routes.len()));
+    }
+    Ok(seen.join(", "))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -93,9 +129,9 @@ pub fn main() -> i32 {
             println!("{USAGE}");
             0
         }
-        Command::Check { file } => match load(Some(&file)) {
-            Ok(gw) => {
-                println!("{file}: ok ({} models, {} plugins)", gw.router.routes.len(), gw.plugins.len());
+        Command::Check { file } => match check(&file) {
+            Ok(summary) => {
+                println!("{file}: ok ({summary})");
                 0
             }
             Err(e) => {
@@ -103,8 +139,8 @@ pub fn main() -> i32 {
                 1
             }
         },
-        Command::Run { config, listen, admin_listen } => {
-            let result = load(config.as_deref())
+        Command::Run { config, listen, admin_listen, region } => {
+            let result = load(config.as_deref(), region)
                 .and_then(|gw| with_admin_listen(gw, admin_listen))
                 .and_then(|gw| crate::server::run(gw, listen));
             match result {
@@ -330,9 +366,9 @@ mod tests {
     fn parses_the_two_commands() {
         assert!(matches!(
             parse_args(&args(&[])),
-            Ok(Command::Run { config: None, listen: None, admin_listen: None })
+            Ok(Command::Run { config: None, listen: None, admin_listen: None, region: None })
         ));
-        let Ok(Command::Run { config, listen, admin_listen }) = parse_args(&args(&[
+        let Ok(Command::Run { config, listen, admin_listen, .. }) = parse_args(&args(&[
             "--config",
             "a.toml",
             "--listen=127.0.0.1:1",

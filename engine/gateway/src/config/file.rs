@@ -57,6 +57,21 @@ pub struct ConfigFile {
     pub audit: AuditFile,
     /// HashiCorp Vault, for `vault:MOUNT/PATH#FIELD` secret references.
     pub vault: Option<VaultFile>,
+    /// Regions run instances of their own, each with its provider set and its state.
+    #[serde(default)]
+    pub regions: BTreeMap<String, RegionFile>,
+}
+
+/// One region: which providers its instances may use, and where their state lives (each field
+/// replaces `[state]`'s for the region's instances).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionFile {
+    pub providers: Vec<String>,
+    pub redis: Option<String>,
+    pub redis_ca_file: Option<String>,
+    pub postgres: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +243,8 @@ pub struct ServerFile {
     #[serde(default = "default_drain")]
     pub shutdown_grace: String,
     pub tls: Option<TlsFile>,
+    /// The region this instance serves (a key of `[regions]`; `sluice --region` overrides).
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -395,6 +412,7 @@ impl Default for ServerFile {
             max_body_bytes: default_max_body(),
             shutdown_grace: default_drain(),
             tls: None,
+            region: None,
         }
     }
 }

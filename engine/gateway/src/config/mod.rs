@@ -56,6 +56,8 @@ pub struct Settings {
     pub audit: bool,
     /// `[audit] content`: the forwarded request is kept, up to this many bytes.
     pub audit_content: Option<usize>,
+    /// The region this instance serves (`[regions]`).
+    pub region: Option<String>,
     /// `[audit] export_dir` and `export_delay`: finished days are sealed there.
     pub audit_export: Option<(std::path::PathBuf, Duration)>,
 }
@@ -67,6 +69,7 @@ pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, String> {
 
 /// Checks the parsed file and builds the gateway.
 pub fn build(file: ConfigFile) -> Result<Gateway, String> {
+    let (file, elsewhere) = for_region(file)?;
     // Vault first: other sections' references may point into it.
     let vault = match &file.vault {
         Some(v) => Some(Arc::new(Vault::new(v).map_err(|e| format!("vault.{e}"))?)),
@@ -89,6 +92,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         audit: false,
         audit_content: None,
         audit_export: None,
+        region: file.server.region.clone(),
     };
     if settings.max_body_bytes == 0 {
         return Err("server.max_body_bytes: must be above 0".into());
@@ -324,7 +328,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         vault,
         certs,
         settings,
-        router: Router { routes },
+        router: Router { routes, elsewhere },
         pricing: Arc::new(prices.pricing),
         ledger,
         reader,
@@ -337,6 +341,72 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         lifecycle: Default::default(),
         redis_healthy,
     })
+}
+
+/// The configuration as this instance's region sees it. Without `[regions]`, all of it. With them,
+/// the instance must say its region; it keeps only that region's providers (those without a region
+/// of their own take the region's), the targets on them, and the models left with a target; the
+/// region's state replaces `[state]`'s. Every region's provider list is checked, whichever is
+/// chosen. Returns the models served only in other regions (for a clear 404).
+fn for_region(mut file: ConfigFile) -> Result<(ConfigFile, std::collections::BTreeSet<String>), String> {
+    let mut elsewhere = std::collections::BTreeSet::new();
+    if file.regions.is_empty() {
+        if let Some(r) = &file.server.region {
+            return Err(format!("server.region: `{r}` is set but there is no [regions.{r}]"));
+        }
+        return Ok((file, elsewhere));
+    }
+    for (name, region) in &file.regions {
+        for p in &region.providers {
+            if !file.providers.contains_key(p) {
+                return Err(format!("regions.{name}.providers: unknown provider `{p}`"));
+            }
+        }
+    }
+    let names = file.regions.keys().cloned().collect::<Vec<_>>().join(", ");
+    let Some(name) = file.server.region.clone() else {
+        return Err(format!(
+            "server.region: [regions] is set, so each instance says which region it serves \
+             (server.region or --region; one of {names})"
+        ));
+    };
+    let Some(region) = file.regions.get(&name).cloned() else {
+        return Err(format!("server.region: `{name}` is not a region (one of {names})"));
+    };
+    file.providers.retain(|p, _| region.providers.contains(p));
+    for p in file.providers.values_mut() {
+        p.region.get_or_insert_with(|| name.clone());
+    }
+    let kept = |t: &file::TargetFile| region.providers.contains(&t.provider);
+    file.models.retain(|alias, model| {
+        model.targets.retain_mut(|rank| match rank {
+            RankFile::One(t) => kept(t),
+            RankFile::Many(ts) => {
+                ts.retain(|t| kept(t));
+                !ts.is_empty()
+            }
+        });
+        let served = !model.targets.is_empty();
+        if !served {
+            elsewhere.insert(alias.clone());
+        }
+        served
+    });
+    let state = &mut file.state;
+    for (slot, value) in [
+        (&mut state.redis, region.redis),
+        (&mut state.redis_ca_file, region.redis_ca_file),
+        (&mut state.postgres, region.postgres),
+    ] {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+    if let Some(prefix) = region.key_prefix {
+        state.key_prefix = prefix;
+    }
+    log::info!("serving region `{name}`: providers {}", region.providers.join(", "));
+    Ok((file, elsewhere))
 }
 
 /// `env:`, `file:` or `vault:`: a reference to a secret rather than the value.
@@ -518,6 +588,23 @@ mod tests {
         assert!(!gw.router.routes.is_empty());
         assert!(gw.directory.is_some() && gw.memory_keys.is_some(), "the default manages keys in memory");
         assert!(gw.settings.admin_demo_token);
+    }
+
+    #[test]
+    fn regions_are_chosen_named_and_checked() {
+        let base = "[providers.a]\nkind = \"mock\"\n[providers.b]\nkind = \"mock\"\n\
+                    [models.m]\ntargets = [{ provider = \"a\", model = \"x\" }]\n";
+        let err = |extra: &str| build(parse(&format!("{base}{extra}"), "t").unwrap()).err();
+        let regions = "[regions.eu]\nproviders = [\"a\"]\n[regions.us]\nproviders = [\"b\"]\n";
+        assert!(err(regions).unwrap().contains("each instance says which region it serves"));
+        assert!(
+            err(&format!("{regions}[server]\nregion = \"ap\"\n")).unwrap().contains("`ap` is not a region")
+        );
+        assert!(err("[server]\nregion = \"eu\"\n").unwrap().contains("there is no [regions.eu]"));
+        let e = err("[server]\nregion = \"eu\"\n[regions.eu]\nproviders = [\"zz\"]\n").unwrap();
+        assert!(e.contains("regions.eu.providers: unknown provider `zz`"), "{e}");
+        let gw = build(parse(&format!("{base}{regions}[server]\nregion = \"us\"\n"), "t").unwrap()).unwrap();
+        assert!(gw.router.routes.is_empty() && gw.router.elsewhere.contains("m"));
     }
 
     #[test]

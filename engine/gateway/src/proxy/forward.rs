@@ -93,6 +93,18 @@ pub async fn forward(
     mut request: Request,
 ) -> Result<(), GatewayError> {
     let Some(route) = gw.router.route(&request.model) else {
+        if gw.router.elsewhere.contains(&request.model) {
+            let region = gw.settings.region.as_deref().unwrap_or("?");
+            return Err(GatewayError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "The model `{}` is not served in region `{region}`: its providers are in other regions.",
+                    request.model
+                ),
+            )
+            .with_param("model")
+            .with_code("model_not_found"));
+        }
         return Err(sluice_plugins::keys::model_not_found(&request.model));
     };
     let mut failures: Vec<String> = Vec::new();

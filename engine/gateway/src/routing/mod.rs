@@ -109,6 +109,8 @@ impl Route {
 /// All aliases.
 pub struct Router {
     pub routes: BTreeMap<String, Route>,
+    /// Models this instance's region does not serve (other regions do).
+    pub elsewhere: std::collections::BTreeSet<String>,
 }
 
 impl Router {
