@@ -13,6 +13,7 @@ use sluice_core::budgets::{Notifier, SpendStore};
 use sluice_core::keys::KeyStore;
 use sluice_core::limits::{LimitStore, Timer};
 
+pub mod audit;
 pub mod budgets;
 pub mod keys;
 pub mod limits;
@@ -32,6 +33,8 @@ pub struct PluginsConfig {
     pub residency: residency::ResidencyConfig,
     /// Always on, with the default actions unless configured.
     pub pii: pii::PiiConfig,
+    /// Always in the chain; keeps request content only when configured.
+    pub audit: audit::AuditConfig,
 }
 
 /// The state stores plugins keep their counters in, chosen by the gateway's configuration.
@@ -47,7 +50,7 @@ pub struct Stores {
 }
 
 /// Builds the plugin chain in its one fixed order: keys → residency → limits → budgets → pii →
-/// (cache when it arrives). Errors name the config key at fault.
+/// audit (last: it keeps what is forwarded, after redaction) → (cache when it arrives). Errors name the config key at fault.
 pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let keys = keys::Keys::new(&config.keys, stores.keys.clone()).map_err(|e| format!("keys.{e}"))?;
     let mut chain: Vec<Arc<dyn Plugin>> =
@@ -68,6 +71,7 @@ pub fn chain(config: &PluginsConfig, stores: &Stores) -> Result<Vec<Arc<dyn Plug
         chain.push(Arc::new(plugin));
     }
     chain.push(Arc::new(pii::Pii::new(&config.pii).map_err(|e| format!("pii.{e}"))?));
+    chain.push(Arc::new(audit::Audit::new(&config.audit)));
     Ok(chain)
 }
 

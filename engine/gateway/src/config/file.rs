@@ -117,42 +117,7 @@ fn default_approle_mount() -> String {
     "approle".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditFile {
-    /// Keep the request as forwarded (after PII redaction) in its audit row. Off by default: the
-    /// row then holds the body's SHA-256 only.
-    #[serde(default)]
-    pub content: bool,
-    /// Content above this many bytes is cut (and marked so).
-    #[serde(default = "default_audit_content_max")]
-    pub content_max_bytes: usize,
-    /// Where each finished day is sealed (JSONL + seal file), for object-lock storage; off when
-    /// absent.
-    pub export_dir: Option<String>,
-    /// How long after UTC midnight a day is sealed (late records land first).
-    #[serde(default = "default_export_delay")]
-    pub export_delay: String,
-}
-
-impl Default for AuditFile {
-    fn default() -> Self {
-        Self {
-            content: false,
-            content_max_bytes: default_audit_content_max(),
-            export_dir: None,
-            export_delay: default_export_delay(),
-        }
-    }
-}
-
-fn default_export_delay() -> String {
-    "1h".into()
-}
-
-fn default_audit_content_max() -> usize {
-    256 * 1024
-}
+pub use sluice_plugins::audit::AuditConfig as AuditFile;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -54,8 +54,6 @@ pub struct Settings {
     pub admin_demo_token: bool,
     /// Requests are audited (PostgreSQL): each record carries the body's SHA-256.
     pub audit: bool,
-    /// `[audit] content`: the forwarded request is kept, up to this many bytes.
-    pub audit_content: Option<usize>,
     /// The region this instance serves (`[regions]`).
     pub region: Option<String>,
     /// `[audit] export_dir` and `export_delay`: finished days are sealed there.
@@ -90,7 +88,6 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         },
         admin_demo_token: file.admin.as_ref().is_some_and(|a| a.demo_token.is_some()),
         audit: false,
-        audit_content: None,
         audit_export: None,
         region: file.server.region.clone(),
     };
@@ -182,11 +179,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         crate::pg_tls::config(url).map_err(|e| format!("state.postgres: {e}"))?;
     }
     settings.audit = postgres.is_some();
-    if file.audit.content {
-        if postgres.is_none() {
-            return Err("audit.content: the audit trail needs [state] postgres".into());
-        }
-        settings.audit_content = Some(file.audit.content_max_bytes);
+    if file.audit.content && postgres.is_none() {
+        return Err("audit.content: the audit trail needs [state] postgres".into());
     }
     if let Some(dir) = &file.audit.export_dir {
         if postgres.is_none() {
@@ -310,6 +304,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
             budgets: file.budgets.clone(),
             residency: file.residency.clone(),
             pii: file.pii.clone(),
+            audit: file.audit.clone(),
         },
         &stores,
     )?;

@@ -88,8 +88,7 @@ pub struct Ctx {
     pub allow: Option<&'static str>,
     /// Hex SHA-256 of the request body (audited requests only).
     pub request_sha256: Option<String>,
-    /// The request as forwarded, for the audit row (`[audit] content = true` only).
-    pub audit_content: Option<String>,
+
     _inflight: InflightGuard,
 }
 
@@ -114,7 +113,6 @@ impl ProxyHttp for Gateway {
             error: None,
             allow: None,
             request_sha256: None,
-            audit_content: None,
             _inflight: self.lifecycle.enter(),
         }
     }
@@ -307,9 +305,6 @@ impl Gateway {
         if endpoint == Endpoint::Models {
             return self.list_models(session, ctx).await;
         }
-        if let Some(max) = self.settings.audit_content {
-            ctx.audit_content = Some(audit_content(&request.body, max));
-        }
         forward::forward(self, session, ctx, request).await
     }
 
@@ -343,21 +338,6 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The request as forwarded (PII already redacted), cut at `max` bytes on a character boundary.
-fn audit_content(body: &serde_json::Map<String, serde_json::Value>, max: usize) -> String {
-    let mut text = serde_json::to_string(body).unwrap_or_default();
-    if text.len() > max {
-        let total = text.len();
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str(&format!("…[cut: {total} bytes in all]"));
-    }
-    text
-}
-
 fn new_request_id() -> String {
     format!("req_{:032x}", rand::random::<u128>())
 }
@@ -369,15 +349,5 @@ mod tests {
     #[test]
     fn digests_are_lowercase_hex() {
         assert_eq!(hex(&[0x00, 0xab, 0x5f]), "00ab5f");
-    }
-
-    #[test]
-    fn audit_content_is_cut_on_a_character_boundary() {
-        let mut body = serde_json::Map::new();
-        body.insert("t".into(), "ééééé".into());
-        let whole = audit_content(&body, 1 << 20);
-        assert_eq!(whole, r#"{"t":"ééééé"}"#);
-        let cut = audit_content(&body, 8);
-        assert!(cut.starts_with(r#"{"t":"é"#) && cut.ends_with("[cut: 18 bytes in all]"), "{cut}");
     }
 }

@@ -146,6 +146,6 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
             .map(|f| f.counts.iter().map(|(k, n)| (k.clone(), *n as u64)).collect())
             .unwrap_or_default(),
         request_sha256: ctx.request_sha256.clone(),
-        content: ctx.audit_content.clone(),
+        content: core.extensions.get::<sluice_plugins::audit::AuditContent>().map(|c| c.0.clone()),
     }
 }
