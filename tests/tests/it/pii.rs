@@ -155,3 +155,33 @@ async fn an_answer_that_cannot_be_scanned_is_withheld() {
     assert!(!sse.contains("jane") && !sse.contains("4111"), "{sse}");
     assert!(sse.contains("stream_interrupted") && sse.contains("could not check"), "{sse}");
 }
+
+#[tokio::test]
+async fn an_anthropic_client_gets_the_checked_answer_too() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "leak")], "[pii]\nresponses = true\n").await;
+    let body = json!({"model": "m", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let sse = crate::client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", crate::KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for raw in ["jane", "example.com", "4111"] {
+        assert!(!sse.contains(raw), "`{raw}` reached the client: {sse}");
+    }
+    let text: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Contact [EMAIL_1] or use card [CARD_1], thanks.", "{sse}");
+}
