@@ -56,6 +56,13 @@ pub fn month_of(day: i64) -> (i64, i64) {
     (days_from_civil(y, m, 1), next)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of microseconds since the Unix epoch.
+pub fn iso(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let s = secs.rem_euclid(86_400);
+    format!("{}T{:02}:{:02}:{:02}Z", date(secs.div_euclid(86_400)), s / 3600, s % 3600 / 60, s % 60)
+}
+
 /// Microseconds since the Unix epoch of a time (0 before it).
 pub fn unix_us(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -64,6 +71,12 @@ pub fn unix_us(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_times_read_as_utc() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso(1_764_547_199_999_999), "2025-11-30T23:59:59Z");
+    }
 
     #[test]
     fn day_numbers_and_dates_agree() {

@@ -54,8 +54,7 @@ pub struct Entry {
 impl Entry {
     pub fn hash(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&Sha256::digest(&bytes))
     }
 
     /// The audit row of an API request.
@@ -147,6 +146,31 @@ impl Entry {
             },
             r.get("hash"),
         )
+    }
+}
+
+/// Lowercase hex of a digest (row hashes, request hashes, export checksums).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// What is wrong with row `entry` (stored hash `stored`) as the `expected_seq`-th link of a chain
+/// whose previous hash is `prev`; `None` when it holds. Used by `verify` and by sealed exports.
+pub(crate) fn link_fault(entry: &Entry, stored: &str, expected_seq: i64, prev: &str) -> Option<String> {
+    if entry.seq != expected_seq {
+        Some(format!("expected seq {expected_seq}: a row is missing or was inserted"))
+    } else if entry.prev_hash != prev {
+        Some("its prev_hash is not the previous row's hash: a row before it was changed or removed".into())
+    } else if entry.hash() != stored {
+        Some("its content does not match its hash: the row was changed".into())
+    } else {
+        None
     }
 }
 
@@ -296,22 +320,13 @@ pub async fn verify(c: &impl GenericClient, day: Option<&str>) -> Result<Verdict
         while let Some(row) = futures_util::StreamExt::next(&mut stream).await {
             let row = row?;
             let (entry, stored) = Entry::from_row(&row);
-            let broken = |reason: &str| Verdict::Broken {
-                day: day.clone(),
-                seq: entry.seq,
-                record_id: entry.record_id.clone(),
-                reason: reason.to_owned(),
-            };
-            if entry.seq != i as i64 + 1 {
-                return Ok(broken(&format!("expected seq {}: a row is missing or was inserted", i + 1)));
-            }
-            if entry.prev_hash != prev {
-                return Ok(broken(
-                    "its prev_hash is not the previous row's hash: a row before it was changed or removed",
-                ));
-            }
-            if entry.hash() != stored {
-                return Ok(broken("its content does not match its hash: the row was changed"));
+            if let Some(reason) = link_fault(&entry, &stored, i as i64 + 1, &prev) {
+                return Ok(Verdict::Broken {
+                    day: day.clone(),
+                    seq: entry.seq,
+                    record_id: entry.record_id,
+                    reason,
+                });
             }
             prev = stored;
             rows += 1;
@@ -324,6 +339,11 @@ pub async fn verify(c: &impl GenericClient, day: Option<&str>) -> Result<Verdict
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_lowercase_hex() {
+        assert_eq!(hex(&[0x00, 0xab, 0x5f]), "00ab5f");
+    }
 
     #[test]
     fn rows_without_a_request_hash_or_content_hash_as_before_those_fields_existed() {

@@ -62,9 +62,9 @@ pub async fn export_day(c: &impl GenericClient, day: &str, dir: &Path) -> Result
         while let Some(row) = futures_util::StreamExt::next(&mut stream).await {
             let row = row.map_err(|e| format!("cannot read the audit trail: {e}"))?;
             let (entry, hash) = Entry::from_row(&row);
-            if entry.seq != n + 1 || entry.prev_hash != prev || entry.hash() != hash {
+            if let Some(reason) = crate::audit::link_fault(&entry, &hash, n + 1, &prev) {
                 return Err(format!(
-                    "the chain of {day} is broken at row {} (run `sluice audit verify`); not sealed",
+                    "the chain of {day} is broken at row {}: {reason}; not sealed",
                     entry.seq
                 ));
             }
@@ -90,21 +90,24 @@ pub async fn export_day(c: &impl GenericClient, day: &str, dir: &Path) -> Result
         let _ = std::fs::remove_file(&tmp);
         return Ok(None);
     }
-    let ours: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let ours = crate::audit::hex(&digest.finalize());
     if jsonl.exists() {
         // An earlier export stopped between its two files: seal the file it left if it is ours.
         let _ = std::fs::remove_file(&tmp);
-        let theirs: String = Sha256::digest(std::fs::read(&jsonl).map_err(|e| e.to_string())?)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let theirs = crate::audit::hex(&Sha256::digest(std::fs::read(&jsonl).map_err(|e| e.to_string())?));
         if theirs != ours {
             return Err(format!("{} exists with other content; not replaced", jsonl.display()));
         }
     } else {
         std::fs::rename(&tmp, &jsonl).map_err(|e| format!("cannot write {}: {e}", jsonl.display()))?;
     }
-    let seal = Seal { day: day.to_owned(), rows: n, head: prev, jsonl_sha256: ours, sealed_at: now_iso() };
+    let seal = Seal {
+        day: day.to_owned(),
+        rows: n,
+        head: prev,
+        jsonl_sha256: ours,
+        sealed_at: sluice_core::calendar::iso(sluice_core::calendar::unix_us(std::time::SystemTime::now())),
+    };
     let mut seal_bytes = serde_json::to_vec_pretty(&seal).map_err(|e| e.to_string())?;
     seal_bytes.push(b'\n');
     write_new(&seal_path, &seal_bytes)?;
@@ -128,19 +131,6 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
         return Err(format!("{} exists already; not replaced", path.display()));
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn now_iso() -> String {
-    let us = sluice_core::calendar::unix_us(std::time::SystemTime::now());
-    let secs = us.div_euclid(1_000_000);
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        sluice_core::calendar::date(secs.div_euclid(86_400)),
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
 }
 
 /// Every seal in `dir`, in file-name order.

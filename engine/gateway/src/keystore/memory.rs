@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_core::budgets::Notifier;
-use sluice_core::calendar::{DAY_US, civil_from_days, unix_us};
+use sluice_core::calendar::{DAY_US, iso, unix_us};
 use sluice_core::keys::{KeyRecord, KeyStore};
 use sluice_core::limits::StoreError;
 use sluice_core::{ErrorKind, GatewayError, Identity};
@@ -184,14 +184,6 @@ impl MemoryKeys {
 
 fn display(id: &str) -> String {
     format!("sk-sluice-{id}-…")
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of microseconds since the Unix epoch.
-fn iso(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
 }
 
 #[async_trait]
@@ -374,12 +366,6 @@ mod tests {
 
     fn new_key(expires_in: &str) -> NewKey {
         NewKey { app: "checkout".into(), expires_in: Some(expires_in.into()), ..Default::default() }
-    }
-
-    #[test]
-    fn iso_times_read_as_utc() {
-        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso(1_764_547_199_999_999), "2025-11-30T23:59:59Z");
     }
 
     #[test]

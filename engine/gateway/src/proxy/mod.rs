@@ -278,7 +278,7 @@ impl Gateway {
             let mut body = inbound::body(session, self.settings.max_body_bytes).await?;
             if self.settings.audit {
                 // Before parsing: simd-json parses the buffer in place.
-                ctx.request_sha256 = Some(hex(&Sha256::digest(&body)));
+                ctx.request_sha256 = Some(crate::audit::hex(&Sha256::digest(&body)));
             }
             Request::parse(endpoint, &mut body)?
         };
@@ -327,27 +327,6 @@ fn write_error(e: Box<Error>) -> GatewayError {
     GatewayError::internal(format!("cannot write the response: {}", e.etype().as_str()))
 }
 
-/// Lowercase hex of a digest.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
 fn new_request_id() -> String {
     format!("req_{:032x}", rand::random::<u128>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_are_lowercase_hex() {
-        assert_eq!(hex(&[0x00, 0xab, 0x5f]), "00ab5f");
-    }
 }
