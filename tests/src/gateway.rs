@@ -225,6 +225,43 @@ impl TestGateway {
         None
     }
 
+    /// Waits for the process to exit; returns its exit status, or None on timeout.
+    pub async fn wait_exit_status(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Voluntary context switches of each thread whose name starts with `prefix` (from /proc),
+    /// by thread name: how often each has woken to do work.
+    pub fn thread_wakeups(&self, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+        let Some(child) = &self.child else { return Default::default() };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else {
+            return Default::default();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| {
+                let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_owned();
+                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                let n = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                name.starts_with(prefix).then_some((name, n))
+            })
+            .collect()
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

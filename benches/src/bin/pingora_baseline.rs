@@ -1,14 +1,16 @@
 //! The floor under Sluice in the load benchmark: Pingora's own proxy path with nothing on it — no
 //! body read, no parsing, no plugins, no metrics — forwarding to one upstream over pooled
-//! connections, with the same server settings Sluice uses (thread per core, no work stealing).
+//! connections, with the same server settings Sluice uses (thread per core, no work stealing, one
+//! service and listening socket per thread).
 //!
 //! `pingora-baseline LISTEN UPSTREAM THREADS` (started by the `load` benchmark).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark harness stops loudly")]
 
 use async_trait::async_trait;
+use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
+use pingora::proxy::{ProxyHttp, Session, http_proxy_service_with_name};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 
@@ -43,8 +45,22 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Baseline { upstream });
-    proxy.add_tcp(listen);
-    server.add_service(proxy);
+    // As Sluice does: one single-threaded service per worker thread, each with its own listening
+    // socket (SO_REUSEPORT), so a connection stays on the thread that accepted it.
+    for i in 0..threads {
+        let mut proxy = http_proxy_service_with_name(
+            &server.configuration,
+            Baseline { upstream },
+            &format!("baseline-{i}"),
+        );
+        proxy.threads = Some(1);
+        let mut options = TcpSocketOptions::default();
+        options.so_reuseport = (threads > 1).then_some(true);
+        // Pingora hands a second listener on an address string it already has the same socket:
+        // each service spells the port with its own leading zeros (see Sluice's `server.rs`).
+        let (host, port) = listen.rsplit_once(':').expect("HOST:PORT");
+        proxy.add_tcp_with_settings(&format!("{host}:{}{port}", "0".repeat(i)), options);
+        server.add_service(proxy);
+    }
     server.run_forever();
 }

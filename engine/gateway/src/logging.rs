@@ -30,7 +30,10 @@ impl Log for JsonLogger {
             "target": record.target(),
             "msg": record.args().to_string(),
         });
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        // Standard error is unbuffered: the line goes out in one `write`, not one per JSON token.
+        let mut line = line.to_string();
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}

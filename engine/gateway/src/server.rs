@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
+use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::background_service;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::providers::Transport;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, Worker};
 
 /// Requests in flight and whether a shutdown is draining them.
 #[derive(Debug, Default)]
@@ -131,10 +132,32 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, gateway);
-    proxy.add_tcp(&listen);
+    // One Pingora service per worker thread, each a single-threaded runtime with listening sockets
+    // of its own (SO_REUSEPORT: the kernel spreads connections over them). A connection then lives
+    // on the thread that accepted it, and so do the upstream connections it takes from the pool.
+    // One service with N threads would hand each accepted connection, and each idle upstream
+    // connection's watcher, to a random thread: the socket stays registered with the accepting
+    // thread's reactor, so every readiness event wakes two threads, and a pooled connection
+    // watched on the other thread is often still locked when it is wanted again (Pingora then
+    // logs "failed to acquire reusable stream" and opens a new one).
+    let listeners = Listeners::new(&listen, settings.tls.as_ref(), threads)?;
+    let gateway = Arc::new(gateway);
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let mut proxy = http_proxy_service_with_name(
+            &server.configuration,
+            Worker(gateway.clone()),
+            &format!("sluice-{i}"),
+        );
+        proxy.threads = Some(1);
+        proxy.add_tcp_with_settings(&Listeners::address(&listen, i), listeners.options());
+        if let (Some(tls), Some(certs)) = (&settings.tls, &certs) {
+            let addr = Listeners::address(&tls.listen, i);
+            proxy.add_tls_with_settings(&addr, Some(listeners.options()), certs.settings(tls)?);
+        }
+        workers.push(proxy);
+    }
     if let (Some(tls), Some(certs)) = (&settings.tls, &certs) {
-        proxy.add_tls_with_settings(&tls.listen, None, certs.settings(tls)?);
         let interval = sluice_core::duration::parse(&tls.reload_interval)
             .map_err(|e| format!("server.tls.reload_interval: {e}"))?;
         certs.watch(interval)?;
@@ -152,7 +175,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         )),
         _ => None,
     };
-    server.add_service(proxy);
+    for proxy in workers {
+        server.add_service(proxy);
+    }
     if let Some((admin_listen, api)) = admin {
         let mut svc = pingora::services::listening::Service::new("admin".into(), api);
         svc.add_tcp(&admin_listen);
@@ -173,6 +198,42 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     ledger.finish();
     crate::logging::flush_access();
     Ok(())
+}
+
+/// How the workers bind the gateway's addresses. The addresses are checked free first: the workers
+/// bind them with SO_REUSEPORT, and a port another process holds must fail the start with a clear
+/// error, not be shared with that process.
+struct Listeners {
+    reuse_port: bool,
+}
+
+impl Listeners {
+    fn new(listen: &str, tls: Option<&crate::config::file::TlsFile>, threads: usize) -> Result<Self, String> {
+        let tls = tls.map(|t| (t.listen.as_str(), "server.tls.listen"));
+        for (addr, what) in std::iter::once((listen, "server.listen")).chain(tls) {
+            std::net::TcpListener::bind(addr).map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))?;
+        }
+        Ok(Self { reuse_port: threads > 1 })
+    }
+
+    fn options(&self) -> TcpSocketOptions {
+        let mut options = TcpSocketOptions::default();
+        options.so_reuseport = self.reuse_port.then_some(true);
+        options
+    }
+
+    /// `addr` as worker `worker` spells it. Pingora keeps the process's listening sockets in one
+    /// table keyed by the address *as written*, and a second service listening on an address
+    /// already in the table is handed the same file descriptor: two owners, one socket, closed
+    /// twice at shutdown (a debug build aborts on it). Each worker therefore writes the port with
+    /// its own number of leading zeros — `h:8080`, `h:08080`, … — the same socket address, its
+    /// own key, its own SO_REUSEPORT socket.
+    fn address(addr: &str, worker: usize) -> String {
+        match addr.rsplit_once(':') {
+            Some((host, port)) => format!("{host}:{}{port}", "0".repeat(worker)),
+            None => addr.to_owned(),
+        }
+    }
 }
 
 fn pools(gateway: &Gateway) -> Vec<Arc<LoadBalancer<RoundRobin>>> {
@@ -247,6 +308,24 @@ impl ShutdownSignalWatch for Drain {
                 _ = int.recv() => return stop_now(),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Listeners;
+
+    #[test]
+    fn each_worker_spells_the_address_its_own_way() {
+        let spelled: Vec<String> = (0..3).map(|i| Listeners::address("0.0.0.0:8080", i)).collect();
+        assert_eq!(spelled, ["0.0.0.0:8080", "0.0.0.0:08080", "0.0.0.0:008080"]);
+        assert_eq!(Listeners::address("[::1]:443", 1), "[::1]:0443");
+        for a in &spelled {
+            let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+                .map(Iterator::collect)
+                .unwrap_or_default();
+            assert_eq!(resolved, vec![std::net::SocketAddr::from(([0, 0, 0, 0], 8080))]);
         }
     }
 }

@@ -27,6 +27,7 @@ mod shutdown;
 mod streaming;
 mod tls;
 mod vault;
+mod workers;
 
 use serde_json::{Value, json};
 use sluice_tests::gateway::TestGateway;

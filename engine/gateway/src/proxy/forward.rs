@@ -793,11 +793,17 @@ enum StreamEnd {
 
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let reported = parsed.as_ref().and_then(|v| v.get("usage"));
-    if let Some(u) = reported.and_then(Usage::from_openai) {
+    /// Only `usage`: the rest of the answer is skipped, not built into a tree.
+    #[derive(serde::Deserialize)]
+    struct Reported {
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    let reported = serde_json::from_slice::<Reported>(body).ok().and_then(|r| r.usage);
+    if let Some(u) = reported.as_ref().and_then(Usage::from_openai) {
         return u;
     }
+    let reported = reported.as_ref();
     if let Some((Some(input), Some(output), cached)) = reported.map(Usage::from_anthropic) {
         return Usage {
             prompt_tokens: input,
@@ -806,6 +812,8 @@ fn json_usage(body: &[u8], request: &Request) -> Usage {
             ..Usage::default()
         };
     }
+    // No usage reported: estimate from the answer's text (the whole tree, on this rare path).
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let chars: usize = parsed
         .as_ref()
         .and_then(|v| v.get("choices"))

@@ -99,8 +99,20 @@ impl Ctx {
     }
 }
 
+/// One worker thread's handle on the shared gateway: every worker thread runs a Pingora service of
+/// its own (see `server::run`), and they all serve the same [`Gateway`].
+pub struct Worker(pub Arc<Gateway>);
+
+impl std::ops::Deref for Worker {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
 #[async_trait]
-impl ProxyHttp for Gateway {
+impl ProxyHttp for Worker {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
