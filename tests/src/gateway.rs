@@ -26,6 +26,8 @@ pub struct TestGateway {
     with_admin: bool,
     /// Extra environment of the process.
     env: Vec<(String, String)>,
+    /// The admin port's and the gateway port's leases, held while the gateway lives.
+    leases: (PortLease, Option<PortLease>),
 }
 
 impl TestGateway {
@@ -71,7 +73,8 @@ impl TestGateway {
         let path = dir.join("sluice.toml");
         std::fs::write(dir.join("provider.key"), format!("{PROVIDER_KEY}\n")).expect("write key");
         std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).expect("write token");
-        let admin_port = free_port();
+        let admin = lease_port();
+        let admin_port = admin.port;
         for (name, content) in files {
             std::fs::write(dir.join(name), content).expect("write file");
         }
@@ -95,6 +98,7 @@ impl TestGateway {
             with_config: config.is_some(),
             with_admin,
             env: Vec::new(),
+            leases: (admin, None),
         }
     }
 
@@ -102,7 +106,8 @@ impl TestGateway {
     /// appended, so a restarted gateway's lines follow the first run's.
     async fn spawn(&mut self, bin: &str) {
         for _ in 0..5 {
-            let port = free_port();
+            let lease = lease_port();
+            let port = lease.port;
             let mut command = Command::new(bin);
             if self.with_config {
                 command.arg("--config").arg(self.dir.join("sluice.toml"));
@@ -129,6 +134,7 @@ impl TestGateway {
                 .spawn()
                 .expect("spawn gateway");
             self.port = port;
+            self.leases.1 = Some(lease);
             self.child = Some(child);
             if self.wait_ready().await {
                 return;
@@ -293,6 +299,40 @@ fn unsafe_kill(pid: i32, signal: i32) {
 pub fn euid() -> u32 {
     // SAFETY: geteuid(2) has no preconditions and touches no memory of ours.
     unsafe { libc::geteuid() }
+}
+
+/// A free port that no other test process takes while this lease lives: a port the kernel says
+/// is free, plus an exclusive lock on a file named after it. Gateways bind their port with
+/// SO_REUSEPORT (one socket per worker thread), so two gateways handed the same free port at the
+/// same moment would share it instead of the second one failing to bind; the lock rules that out
+/// between tests (nextest runs each test in a process of its own).
+pub struct PortLease {
+    pub port: u16,
+    _lock: std::fs::File,
+}
+
+pub fn lease_port() -> PortLease {
+    let dir = std::env::temp_dir().join("sluice-test-ports");
+    std::fs::create_dir_all(&dir).expect("port lease dir");
+    loop {
+        let port = free_port();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .expect("port lease file");
+        if try_lock(&file) {
+            return PortLease { port, _lock: file };
+        }
+    }
+}
+
+#[expect(unsafe_code, reason = "flock is a plain libc call")]
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) takes a descriptor we keep open and touches no memory of ours.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 pub fn free_port() -> u16 {
