@@ -191,18 +191,31 @@ impl TestGateway {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
+    /// The gateway's threads: name and /proc directory of each. None when the process is gone.
+    fn tasks(&self) -> Option<Vec<(String, PathBuf)>> {
+        let child = self.child.as_ref()?;
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).ok()?;
+        Some(
+            tasks
+                .flatten()
+                .filter_map(|t| {
+                    let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                    Some((name.trim().to_owned(), t.path()))
+                })
+                .collect(),
+        )
+    }
+
     /// The gateway's threads and their states (`name:state` from /proc), for diagnosing hangs.
     pub fn threads(&self) -> String {
-        let Some(child) = &self.child else { return String::new() };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else { return "gone".into() };
+        let Some(tasks) = self.tasks() else { return "gone".into() };
         tasks
-            .flatten()
-            .filter_map(|t| {
-                let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
-                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            .into_iter()
+            .filter_map(|(name, path)| {
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
                 let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_owned();
-                let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
-                Some(format!("{}:{state}:{wchan}", name.trim()))
+                let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+                Some(format!("{name}:{state}:{wchan}"))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -220,15 +233,7 @@ impl TestGateway {
     /// Waits for the process to exit; returns how long it took, or None on timeout.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                return Some(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        self.wait_exit_status(limit).await.map(|_| started.elapsed())
     }
 
     /// Waits for the process to exit; returns its exit status, or None on timeout.
@@ -248,22 +253,19 @@ impl TestGateway {
     /// Voluntary context switches of each thread whose name starts with `prefix` (from /proc),
     /// by thread name: how often each has woken to do work.
     pub fn thread_wakeups(&self, prefix: &str) -> std::collections::BTreeMap<String, u64> {
-        let Some(child) = &self.child else { return Default::default() };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else {
-            return Default::default();
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| {
-                let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_owned();
-                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+        self.tasks()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .filter_map(|(name, path)| {
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
                 let n = status
                     .lines()
                     .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
                     .trim()
                     .parse()
                     .ok()?;
-                name.starts_with(prefix).then_some((name, n))
+                Some((name, n))
             })
             .collect()
     }

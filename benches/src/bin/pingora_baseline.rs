@@ -56,10 +56,7 @@ fn main() {
         proxy.threads = Some(1);
         let mut options = TcpSocketOptions::default();
         options.so_reuseport = (threads > 1).then_some(true);
-        // Pingora hands a second listener on an address string it already has the same socket:
-        // each service spells the port with its own leading zeros (see Sluice's `server.rs`).
-        let (host, port) = listen.rsplit_once(':').expect("HOST:PORT");
-        proxy.add_tcp_with_settings(&format!("{host}:{}{port}", "0".repeat(i)), options);
+        proxy.add_tcp_with_settings(&sluice::server::worker_address(listen, i), options);
         server.add_service(proxy);
     }
     server.run_forever();

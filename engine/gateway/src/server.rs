@@ -150,9 +150,9 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
             &format!("sluice-{i}"),
         );
         proxy.threads = Some(1);
-        proxy.add_tcp_with_settings(&Listeners::address(&listen, i), listeners.options());
+        proxy.add_tcp_with_settings(&worker_address(&listen, i), listeners.options());
         if let (Some(tls), Some(certs)) = (&settings.tls, &certs) {
-            let addr = Listeners::address(&tls.listen, i);
+            let addr = worker_address(&tls.listen, i);
             proxy.add_tls_with_settings(&addr, Some(listeners.options()), certs.settings(tls)?);
         }
         workers.push(proxy);
@@ -221,18 +221,18 @@ impl Listeners {
         options.so_reuseport = self.reuse_port.then_some(true);
         options
     }
+}
 
-    /// `addr` as worker `worker` spells it. Pingora keeps the process's listening sockets in one
-    /// table keyed by the address *as written*, and a second service listening on an address
-    /// already in the table is handed the same file descriptor: two owners, one socket, closed
-    /// twice at shutdown (a debug build aborts on it). Each worker therefore writes the port with
-    /// its own number of leading zeros — `h:8080`, `h:08080`, … — the same socket address, its
-    /// own key, its own SO_REUSEPORT socket.
-    fn address(addr: &str, worker: usize) -> String {
-        match addr.rsplit_once(':') {
-            Some((host, port)) => format!("{host}:{}{port}", "0".repeat(worker)),
-            None => addr.to_owned(),
-        }
+/// `addr` as worker `worker` spells it. Pingora keeps the process's listening sockets in one table
+/// keyed by the address *as written*, and a second service listening on an address already in the
+/// table is handed the same file descriptor: two owners, one socket, closed twice at shutdown (a
+/// debug build aborts on it). Each worker therefore writes the port with its own number of leading
+/// zeros — `h:8080`, `h:08080`, … — the same socket address, its own key, its own SO_REUSEPORT
+/// socket.
+pub fn worker_address(addr: &str, worker: usize) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => format!("{host}:{}{port}", "0".repeat(worker)),
+        None => addr.to_owned(),
     }
 }
 
@@ -314,13 +314,13 @@ impl ShutdownSignalWatch for Drain {
 
 #[cfg(test)]
 mod tests {
-    use super::Listeners;
+    use super::worker_address;
 
     #[test]
     fn each_worker_spells_the_address_its_own_way() {
-        let spelled: Vec<String> = (0..3).map(|i| Listeners::address("0.0.0.0:8080", i)).collect();
+        let spelled: Vec<String> = (0..3).map(|i| worker_address("0.0.0.0:8080", i)).collect();
         assert_eq!(spelled, ["0.0.0.0:8080", "0.0.0.0:08080", "0.0.0.0:008080"]);
-        assert_eq!(Listeners::address("[::1]:443", 1), "[::1]:0443");
+        assert_eq!(worker_address("[::1]:443", 1), "[::1]:0443");
         for a in &spelled {
             let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
                 .map(Iterator::collect)
