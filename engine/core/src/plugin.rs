@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::wire::Request;
+use crate::wire::{Body, Request};
 
 /// What a plugin decided in [`Plugin::on_request`].
 #[derive(Debug)]
@@ -45,11 +45,9 @@ pub trait Plugin: Send + Sync {
     }
 
     /// Runs before each upstream attempt, on the OpenAI-shaped body about to be sent (e.g. redaction).
-    fn on_upstream_request(
-        &self,
-        _ctx: &mut RequestCtx,
-        _body: &mut serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), GatewayError> {
+    /// Reading it is free; changing it (`DerefMut`) makes the engine serialize it again instead of
+    /// forwarding the client's bytes.
+    fn on_upstream_request(&self, _ctx: &mut RequestCtx, _body: &mut Body) -> Result<(), GatewayError> {
         Ok(())
     }
 

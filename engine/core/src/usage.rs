@@ -28,9 +28,12 @@ impl Usage {
     pub fn from_openai(v: &serde_json::Value) -> Option<Self> {
         let prompt = v.get("prompt_tokens")?.as_u64()?;
         let completion = v.get("completion_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
-        let cached = v.pointer("/prompt_tokens_details/cached_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
-        let reasoning =
-            v.pointer("/completion_tokens_details/reasoning_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
+        // `get` twice rather than `pointer`, which allocates a string per step of its path.
+        let detail = |outer: &str, inner: &str| {
+            v.get(outer).and_then(|d| d.get(inner)).and_then(serde_json::Value::as_u64).unwrap_or(0)
+        };
+        let cached = detail("prompt_tokens_details", "cached_tokens");
+        let reasoning = detail("completion_tokens_details", "reasoning_tokens");
         Some(Self {
             prompt_tokens: prompt,
             completion_tokens: completion,

@@ -3,9 +3,14 @@
 //! [`Request::parse`] turns the body bytes into a JSON object with simd-json, checks the fields the
 //! gateway relies on with OpenAI's own error wording (naming the field at fault), and lifts them into
 //! typed facts. Every other field, unknown ones included, stays in [`Request::body`] and is passed on
-//! to the provider verbatim.
+//! to the provider verbatim: as the very bytes the client sent while nothing has changed the body
+//! (no serialization on the common path), re-serialized once something has.
 
-use serde_json::{Map, Value};
+use std::ops::{Deref, DerefMut};
+
+use bytes::Bytes;
+use serde_json::{Map, Number, Value};
+use simd_json::{Node, StaticNode};
 
 use crate::ctx::Endpoint;
 use crate::error::GatewayError;
@@ -25,7 +30,61 @@ pub struct Request {
     pub max_output_tokens: Option<u64>,
     pub user: Option<String>,
     /// The whole body as sent, unknown fields included.
-    pub body: Map<String, Value>,
+    pub body: Body,
+}
+
+/// A request's JSON object, with the client's own bytes for as long as they still spell it.
+///
+/// Reading goes through `Deref` to the map; any mutable access (`DerefMut`) lets the bytes go, so a
+/// body something may have changed is always serialized again before it leaves. A body whose object
+/// repeats a key never keeps its bytes: the gateway read the last value, a provider might read the
+/// first, and what is checked (model, PII, limits) must be what is sent.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    map: Map<String, Value>,
+    raw: Option<Bytes>,
+}
+
+impl Body {
+    /// The client's bytes, while the object is unchanged.
+    pub fn raw(&self) -> Option<&Bytes> {
+        self.raw.as_ref()
+    }
+
+    /// The body as it stands, as JSON: the client's bytes when unchanged, else serialized.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => Bytes::from(serde_json::to_vec(&self.map).unwrap_or_default()),
+        }
+    }
+}
+
+impl From<Map<String, Value>> for Body {
+    fn from(map: Map<String, Value>) -> Self {
+        Self { map, raw: None }
+    }
+}
+
+impl Deref for Body {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Map<String, Value> {
+        &self.map
+    }
+}
+
+impl DerefMut for Body {
+    fn deref_mut(&mut self) -> &mut Map<String, Value> {
+        self.raw = None;
+        &mut self.map
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
 }
 
 impl Request {
@@ -38,30 +97,36 @@ impl Request {
             wants_stream_usage: false,
             max_output_tokens: None,
             user: None,
-            body: Map::new(),
+            body: Body::default(),
         }
     }
 
     /// Parses and validates a body for `endpoint`. The buffer is parsed in place (simd-json).
     pub fn parse(endpoint: Endpoint, bytes: &mut [u8]) -> Result<Self, GatewayError> {
-        let value: Value = simd_json::serde::from_slice(bytes).map_err(|_| {
+        // simd-json unescapes strings in place: the bytes to forward are kept before it does.
+        let raw = Bytes::copy_from_slice(bytes);
+        let invalid = || {
             GatewayError::invalid_request(
                 "We could not parse the JSON body of your request. The API expects a JSON payload \
                  (Content-Type: application/json), but what was sent was not valid JSON.",
             )
             .with_code("invalid_json")
-        })?;
-        let Value::Object(body) = value else {
+        };
+        let tape = simd_json::to_tape(bytes).map_err(|_| invalid())?;
+        let mut tree = Tree { nodes: &tape.0, at: 0, repeated_key: false };
+        let value = tree.value().ok_or_else(invalid)?;
+        let Value::Object(map) = value else {
             return Err(GatewayError::invalid_request(format!(
                 "Invalid request body: expected a JSON object, but got {} instead.",
                 type_name(&value)
             ))
             .with_code("invalid_type"));
         };
-        Self::from_body(endpoint, body)
+        let raw = (!tree.repeated_key).then_some(raw);
+        Self::from_body(endpoint, Body { map, raw })
     }
 
-    fn from_body(endpoint: Endpoint, body: Map<String, Value>) -> Result<Self, GatewayError> {
+    fn from_body(endpoint: Endpoint, body: Body) -> Result<Self, GatewayError> {
         let model = match body.get("model") {
             None | Some(Value::Null) => {
                 return Err(GatewayError::invalid_request("you must provide a model parameter")
@@ -136,7 +201,7 @@ impl Request {
                 n += m.get("content").map_or(0, text_chars);
                 if let Some(Value::Array(calls)) = m.get("tool_calls") {
                     for c in calls {
-                        n += c.pointer("/function/arguments").map_or(0, text_chars);
+                        n += c.get("function").and_then(|f| f.get("arguments")).map_or(0, text_chars);
                     }
                 }
             }
@@ -150,6 +215,48 @@ impl Request {
     /// Our estimate of the prompt's tokens, used until the provider reports real usage.
     pub fn estimated_prompt_tokens(&self) -> u64 {
         Usage::estimate_tokens(self.prompt_chars())
+    }
+}
+
+/// Builds `serde_json` values from simd-json's tape (what its serde path does too, less the visitor
+/// machinery), noting whether any object repeats a key. Depth is bounded by simd-json's own limit.
+struct Tree<'t, 'input> {
+    nodes: &'t [Node<'input>],
+    at: usize,
+    repeated_key: bool,
+}
+
+impl Tree<'_, '_> {
+    fn value(&mut self) -> Option<Value> {
+        let node = *self.nodes.get(self.at)?;
+        self.at += 1;
+        Some(match node {
+            Node::String(s) => Value::String(s.to_owned()),
+            Node::Static(StaticNode::Null) => Value::Null,
+            Node::Static(StaticNode::Bool(b)) => Value::Bool(b),
+            Node::Static(StaticNode::I64(n)) => Value::Number(n.into()),
+            Node::Static(StaticNode::U64(n)) => Value::Number(n.into()),
+            Node::Static(StaticNode::F64(f)) => Value::Number(Number::from_f64(f)?),
+            Node::Array { len, .. } => {
+                let mut items = Vec::with_capacity(len);
+                for _ in 0..len {
+                    items.push(self.value()?);
+                }
+                Value::Array(items)
+            }
+            Node::Object { len, .. } => {
+                let mut map = Map::with_capacity(len);
+                for _ in 0..len {
+                    let Some(Node::String(key)) = self.nodes.get(self.at).copied() else { return None };
+                    self.at += 1;
+                    let value = self.value()?;
+                    if map.insert(key.to_owned(), value).is_some() {
+                        self.repeated_key = true;
+                    }
+                }
+                Value::Object(map)
+            }
+        })
     }
 }
 
@@ -280,6 +387,53 @@ mod tests {
 
     fn parse(endpoint: Endpoint, s: &str) -> Result<Request, GatewayError> {
         Request::parse(endpoint, &mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_untouched_body_keeps_the_clients_bytes_until_something_changes_it() {
+        let sent = r#"{ "model": "m", "messages": [{"role": "user", "content": "caf\u00e9"}], "temperature": 1.5e0 }"#;
+        let mut r = parse(Endpoint::ChatCompletions, sent).unwrap();
+        assert_eq!(r.body.raw().map(|b| b.as_ref()), Some(sent.as_bytes()));
+        assert_eq!(r.body.to_bytes(), sent.as_bytes());
+        assert_eq!(r.body["messages"][0]["content"], "café");
+        let _ = r.body.get("model");
+        assert!(r.body.raw().is_some(), "reading keeps the bytes");
+        r.body.insert("model".into(), "other".into());
+        assert!(r.body.raw().is_none(), "a change lets them go");
+        let now: Value = serde_json::from_slice(&r.body.to_bytes()).unwrap();
+        assert_eq!(now["model"], "other");
+        assert_eq!(now["messages"][0]["content"], "café");
+    }
+
+    #[test]
+    fn a_repeated_key_anywhere_means_the_body_is_serialized_from_what_was_read() {
+        for sent in [
+            r#"{"model":"a","model":"m","messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x","content":"y"}]}"#,
+        ] {
+            let r = parse(Endpoint::ChatCompletions, sent).unwrap();
+            assert!(r.body.raw().is_none(), "{sent}");
+            let out: Value = serde_json::from_slice(&r.body.to_bytes()).unwrap();
+            assert_eq!(out["model"], "m");
+        }
+        let r = parse(Endpoint::ChatCompletions, r#"{"model":"a","model":"m","messages":[{"role":"user"}]}"#);
+        assert_eq!(r.unwrap().model, "m", "the last value counts, as serde_json reads it");
+    }
+
+    #[test]
+    fn numbers_and_literals_read_as_serde_json_reads_them() {
+        let r = parse(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user"}],"a":-3,"b":18446744073709551615,"c":0.25,"d":[true,false,null]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.body["a"], -3);
+        assert_eq!(r.body["b"], u64::MAX);
+        assert_eq!(r.body["c"], 0.25);
+        assert_eq!(r.body["d"], serde_json::json!([true, false, null]));
+        for bad in [r#"{"model":"m""#, r#"{"model":1e999}"#, "[1,", ""] {
+            assert!(parse(Endpoint::ChatCompletions, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Entry {
             day: date(ts_us.div_euclid(sluice_core::calendar::DAY_US)),
             seq: 0,
             ts_us,
-            record_id: format!("adm_{:032x}", rand::random::<u128>()),
+            record_id: crate::id::random("adm_"),
             action: action.to_owned(),
             request_id: None,
             org: None,

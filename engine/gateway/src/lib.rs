@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod http_client;
+pub mod id;
 pub mod keystore;
 pub mod ledger;
 pub mod logging;

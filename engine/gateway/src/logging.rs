@@ -94,17 +94,30 @@ pub fn start_access_flusher() {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+/// `d` after the Unix epoch as `2026-12-01T01:02:03.456Z`.
+fn rfc3339(d: std::time::Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (year, month, day) = sluice_core::calendar::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    // Digit by digit into a fixed buffer: one line per request, and `format!` costs several times this.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, (rem / 3600) as u64);
+    put(14, 2, ((rem % 3600) / 60) as u64);
+    put(17, 2, (rem % 60) as u64);
+    put(20, 3, u64::from(d.subsec_millis()));
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 #[cfg(test)]
@@ -114,5 +127,8 @@ mod tests {
         let t = super::now_rfc3339();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T");
+        let d = std::time::Duration::from_millis(1_764_550_923_456);
+        assert_eq!(super::rfc3339(d), "2025-12-01T01:02:03.456Z");
+        assert_eq!(super::rfc3339(std::time::Duration::ZERO), "1970-01-01T00:00:00.000Z");
     }
 }

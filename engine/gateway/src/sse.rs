@@ -94,7 +94,7 @@ impl SseTracker {
             return false;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
-        let usage = v.get("usage").or_else(|| v.pointer("/message/usage"));
+        let usage = v.get("usage").or_else(|| v.get("message").and_then(|m| m.get("usage")));
         if let Some(u) = usage.and_then(Usage::from_openai) {
             self.usage = Some(u);
         } else if let Some(u) = usage {

@@ -248,24 +248,45 @@ impl Redactor<'_> {
             Value::Array(items) => items.iter_mut().for_each(|i| self.value(i)),
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    if !matches!(
-                        k.as_str(),
-                        "role"
-                            | "type"
-                            | "id"
-                            | "tool_call_id"
-                            | "tool_use_id"
-                            | "name"
-                            | "image_url"
-                            | "source"
-                            | "cache_control"
-                            | "media_type"
-                    ) {
+                    if is_text_field(k) {
                         self.value(v);
                     }
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Whether a field's strings are text the model reads (ids, roles, types and media are not).
+fn is_text_field(key: &str) -> bool {
+    !matches!(
+        key,
+        "role"
+            | "type"
+            | "id"
+            | "tool_call_id"
+            | "tool_use_id"
+            | "name"
+            | "image_url"
+            | "source"
+            | "cache_control"
+            | "media_type"
+    )
+}
+
+/// The scanned fields of a request body.
+const FIELDS: [&str; 4] = ["messages", "system", "prompt", "input"];
+
+impl Pii {
+    /// Whether no string of `v` that [`Redactor::value`] would scan has a candidate match (a
+    /// failed scan is not clean: the redacting pass then meets the failure and refuses).
+    fn clean(&self, v: &Value) -> bool {
+        match v {
+            Value::String(s) => matches!(self.scanner.detect(s.as_bytes()), Ok(false)),
+            Value::Array(items) => items.iter().all(|i| self.clean(i)),
+            Value::Object(map) => map.iter().all(|(k, v)| !is_text_field(k) || self.clean(v)),
+            _ => true,
         }
     }
 }
@@ -289,9 +310,14 @@ impl Plugin for Pii {
             findings: Findings::default(),
             failed: None,
         };
-        for field in ["messages", "system", "prompt", "input"] {
-            if let Some(v) = request.body.get_mut(field) {
-                r.value(v);
+        // Most requests carry nothing to find: a read-only pass first leaves the body untouched, so
+        // it goes upstream as the client's own bytes. Only a body with a candidate is walked mutably.
+        let clean = FIELDS.iter().all(|f| request.body.get(*f).is_none_or(|v| self.clean(v)));
+        if !clean {
+            for field in FIELDS {
+                if let Some(v) = request.body.get_mut(field) {
+                    r.value(v);
+                }
             }
         }
         if let Some(e) = r.failed {

@@ -135,12 +135,29 @@ impl Scanner {
         &self.kinds
     }
 
-    /// Every validated match in `text`, non-overlapping (leftmost, then longest). `Err`: the
-    /// scanner failed, and the caller must not let the text through.
-    pub fn scan(&self, text: &[u8]) -> Result<Vec<Found>, String> {
+    /// Whether any pattern matches somewhere in `text`, before validation (a candidate may still
+    /// fail its validator): the cheap first scan. `Err`: the scanner failed.
+    pub fn detect(&self, text: &[u8]) -> Result<bool, String> {
         if injected("pii_scan") {
             return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
         }
+        self.with_scratch(|d, _| self.detect_in(text, d))
+    }
+
+    fn detect_in(&self, text: &[u8], scratch: &Scratch) -> Result<bool, String> {
+        let mut hit = false;
+        self.detect
+            .scan(text, scratch, |_, _, _, _| {
+                hit = true;
+                Matching::Terminate
+            })
+            .or_else(|e| if hit { Ok(()) } else { Err(e) })
+            .map_err(|e| format!("scan: {e}"))?;
+        Ok(hit)
+    }
+
+    /// Runs `f` with this thread's scratch for the detect and the locate databases.
+    fn with_scratch<T>(&self, f: impl FnOnce(&Scratch, &Scratch) -> Result<T, String>) -> Result<T, String> {
         SCRATCH.with(|cell| {
             let mut map = cell.borrow_mut();
             let (d, l) = match map.entry(self.id) {
@@ -151,16 +168,18 @@ impl Scanner {
                     e.insert((d, l))
                 }
             };
-            let (d, l) = (&*d, &*l);
-            let mut hit = false;
-            self.detect
-                .scan(text, d, |_, _, _, _| {
-                    hit = true;
-                    Matching::Terminate
-                })
-                .or_else(|e| if hit { Ok(()) } else { Err(e) })
-                .map_err(|e| format!("scan: {e}"))?;
-            if !hit {
+            f(d, l)
+        })
+    }
+
+    /// Every validated match in `text`, non-overlapping (leftmost, then longest). `Err`: the
+    /// scanner failed, and the caller must not let the text through.
+    pub fn scan(&self, text: &[u8]) -> Result<Vec<Found>, String> {
+        if injected("pii_scan") {
+            return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
+        }
+        self.with_scratch(|d, l| {
+            if !self.detect_in(text, d)? {
                 return Ok(Vec::new());
             }
             let mut found = Vec::new();

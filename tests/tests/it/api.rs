@@ -230,3 +230,36 @@ async fn large_bodies_of_1_and_10_mib_reach_the_provider_whole_even_after_a_fall
         assert_eq!(second[i].json()["messages"][0]["content"].as_str().unwrap().len(), size);
     }
 }
+
+#[tokio::test]
+async fn an_unchanged_body_reaches_the_provider_as_the_clients_own_bytes() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "m")], "").await;
+    let send = |body: &'static str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Odd spacing, escapes, key order and number spelling: nothing the gateway had to change, so
+    // the provider gets exactly these bytes.
+    let odd = "{ \"z_vendor\" : 1.50,\n  \"model\":\"m\", \"messages\" : [ {\"role\":\"user\",\
+               \"content\":\"caf\\u00e9 \\ud83d\\ude00 \\\"quoted\\\"\"} ], \"a\": [ ] }";
+    let resp = send(odd).await.expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests()[0].body, odd.as_bytes(), "the client's bytes, untouched");
+
+    // A repeated key: the gateway reads the last value, so the provider must get that one alone,
+    // never bytes in which a parser that keeps the first value would find another text.
+    let repeated =
+        r#"{"model":"m","messages":[{"role":"user","content":"first text","content":"second text"}]}"#;
+    let resp = send(repeated).await.expect("request");
+    assert_eq!(resp.status(), 200);
+    let seen = &mock.requests()[1];
+    let text = String::from_utf8(seen.body.to_vec()).unwrap();
+    assert!(!text.contains("first text"), "the shadowed value went upstream: {text}");
+    assert_eq!(seen.json()["messages"][0]["content"], "second text");
+}

@@ -23,7 +23,7 @@ pub struct Mock {
 
 impl Mock {
     pub fn reply(&self, request: &Request, upstream_model: &str) -> UpstreamReply {
-        let seed = xxh3_64(&serde_json::to_vec(&request.body).unwrap_or_default());
+        let seed = xxh3_64(&serde_json::to_vec(&*request.body).unwrap_or_default());
         let id = format!("{:016x}", seed);
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let prompt_tokens = request.estimated_prompt_tokens();

@@ -45,7 +45,9 @@ pub fn header_for(
         Dialect::Gemini => format!("{}/models/{upstream_model}:generateContent", info.base_path),
     };
     let build = || -> pingora::Result<RequestHeader> {
-        let mut h = RequestHeader::build("POST", full.as_bytes(), Some(8))?;
+        // Without a case map (names go out lowercase, as HTTP/2 sends them anyway): half the cost
+        // of each insert.
+        let mut h = RequestHeader::build_no_case("POST", full.as_bytes(), Some(10))?;
         h.insert_header("host", info.authority())?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", body_len.to_string())?;

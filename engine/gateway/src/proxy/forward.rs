@@ -239,7 +239,11 @@ async fn attempt(
     };
     let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
     let had_options = request.body.contains_key("stream_options");
-    request.body.insert("model".into(), Value::String(target.upstream_model.clone()));
+    // Touched only when it changes: an untouched body goes upstream as the client's own bytes.
+    let renamed = request.body.get("model").and_then(Value::as_str) != Some(target.upstream_model.as_str());
+    if renamed {
+        request.body.insert("model".into(), Value::String(target.upstream_model.clone()));
+    }
     if hide_usage {
         let options =
             request.body.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
@@ -263,7 +267,9 @@ async fn attempt(
         },
     };
     // Later attempts and plugins see the request as the client sent it.
-    request.body.insert("model".into(), Value::String(request.model.clone()));
+    if renamed {
+        request.body.insert("model".into(), Value::String(request.model.clone()));
+    }
     if hide_usage {
         if had_options {
             if let Some(Value::Object(o)) = request.body.get_mut("stream_options") {
@@ -304,12 +310,10 @@ async fn attempt(
 /// The body a provider receives: the client's OpenAI body as it now stands, or its translation.
 fn upstream_body(request: &Request, upstream_model: &str, up: &HttpUpstream) -> Result<Bytes, GatewayError> {
     if !translated(request, &up.dialect) {
-        return Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()));
+        return Ok(request.body.to_bytes());
     }
     let translated = match &up.dialect {
-        Dialect::OpenAi | Dialect::Azure { .. } => {
-            return Ok(Bytes::from(serde_json::to_vec(&request.body).unwrap_or_default()));
-        }
+        Dialect::OpenAi | Dialect::Azure { .. } => return Ok(request.body.to_bytes()),
         Dialect::Anthropic { default_max_tokens, .. } => {
             let chat = translatable(request)?;
             translate::anthropic::request(&chat, upstream_model, *default_max_tokens)?

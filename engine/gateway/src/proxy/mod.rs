@@ -340,5 +340,5 @@ fn write_error(e: Box<Error>) -> GatewayError {
 }
 
 fn new_request_id() -> String {
-    format!("req_{:032x}", rand::random::<u128>())
+    crate::id::random("req_")
 }

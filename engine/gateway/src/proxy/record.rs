@@ -111,7 +111,7 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
     let usage = core.usage.unwrap_or_default();
     let owned = |s: &String| s.clone();
     CostRecord {
-        id: format!("rec_{:032x}", rand::random::<u128>()),
+        id: crate::id::random("rec_"),
         request_id: core.request_id.clone(),
         ts_us: core
             .received_at
