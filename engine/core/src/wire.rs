@@ -218,6 +218,30 @@ impl Request {
     }
 }
 
+/// The value of the top-level field `key` of the JSON object in `bytes` (parsed in place; the last
+/// one when repeated, as serde_json reads it). Only that value is built: the rest of the document is
+/// tokenized and stepped over. `None` when the bytes are no JSON object or have no such field.
+pub fn top_level_field(bytes: &mut [u8], key: &str) -> Option<Value> {
+    let tape = simd_json::to_tape(bytes).ok()?;
+    let nodes = &tape.0;
+    let Node::Object { len, .. } = *nodes.first()? else { return None };
+    let mut at = 1;
+    let mut found = None;
+    for _ in 0..len {
+        let Node::String(k) = *nodes.get(at)? else { return None };
+        at += 1;
+        let extent = match *nodes.get(at)? {
+            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+            _ => 1,
+        };
+        if k == key {
+            found = Some(at..at + extent);
+        }
+        at += extent;
+    }
+    Tree { nodes: nodes.get(found?)?, at: 0, repeated_key: false }.value()
+}
+
 /// Builds `serde_json` values from simd-json's tape (what its serde path does too, less the visitor
 /// machinery), noting whether any object repeats a key. Depth is bounded by simd-json's own limit.
 struct Tree<'t, 'input> {
@@ -418,6 +442,27 @@ mod tests {
         }
         let r = parse(Endpoint::ChatCompletions, r#"{"model":"a","model":"m","messages":[{"role":"user"}]}"#);
         assert_eq!(r.unwrap().model, "m", "the last value counts, as serde_json reads it");
+    }
+
+    #[test]
+    fn one_top_level_field_is_read_without_the_rest() {
+        let answer = r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {}","usage":1}}],
+            "usage":{"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}},"tail":[1,{"b":2}]}"#;
+        let usage = top_level_field(&mut answer.as_bytes().to_vec(), "usage").unwrap();
+        assert_eq!(
+            usage,
+            serde_json::json!({"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}})
+        );
+        assert_eq!(top_level_field(&mut answer.as_bytes().to_vec(), "tail").unwrap()[1]["b"], 2);
+        assert_eq!(top_level_field(&mut br#"{"usage":1,"usage":2}"#.to_vec(), "usage").unwrap(), 2);
+        for none in [&br#"{"choices":[]}"#[..], b"[1]", b"{\"usage\":", b"", b"null"] {
+            assert_eq!(
+                top_level_field(&mut none.to_vec(), "usage"),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! provider is asked for usage on every stream (`proxy/forward.rs`). Azure differs only in its URLs
 //! (deployments, `api-version`) and its `api-key` header.
 
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use pingora::ErrorType::InvalidHTTPHeader;
+use pingora::OrErr;
 use pingora::http::RequestHeader;
 use serde_json::Value;
 use sluice_core::GatewayError;
@@ -45,27 +48,43 @@ pub fn header_for(
         Dialect::Gemini => format!("{}/models/{upstream_model}:generateContent", info.base_path),
     };
     let build = || -> pingora::Result<RequestHeader> {
-        // Without a case map (names go out lowercase, as HTTP/2 sends them anyway): half the cost
-        // of each insert.
-        let mut h = RequestHeader::build_no_case("POST", full.as_bytes(), Some(10))?;
-        h.insert_header("host", info.authority())?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", body_len.to_string())?;
-        h.insert_header("accept", "application/json, text/event-stream")?;
-        h.insert_header("x-request-id", request_id)?;
+        // Built as `http` parts, the fixed names known at compile time, and handed to Pingora
+        // without a case map (names go out lowercase, as HTTP/2 sends them anyway): Pingora's
+        // `insert_header` parses every name anew.
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = http::Method::POST;
+        parts.uri = http::Uri::try_from(full.as_str()).or_err(InvalidHTTPHeader, "the upstream path")?;
+        let h = &mut parts.headers;
+        h.reserve(10);
+        h.insert(HOST, value(&info.authority())?);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert(X_REQUEST_ID.clone(), value(request_id)?);
         if let Some(key) = &upstream.api_key {
             let (name, prefix) = upstream.dialect.key_header();
-            h.insert_header(name, format!("{prefix}{}", key.get()))?;
+            h.insert(header_name(name)?, value(&format!("{prefix}{}", key.get()))?);
         }
         if let Dialect::Anthropic { version, .. } = &upstream.dialect {
-            h.insert_header("anthropic-version", version.as_str())?;
+            h.insert(ANTHROPIC_VERSION.clone(), value(version)?);
         }
         for (k, v) in &upstream.headers {
-            h.insert_header(k.clone(), v.as_str())?;
+            h.insert(header_name(k)?, value(v)?);
         }
-        Ok(h)
+        Ok(RequestHeader::from(parts))
     };
     build().map_err(|e| GatewayError::internal(format!("cannot build the upstream request: {e}")))
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
+fn header_name(name: &str) -> pingora::Result<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes()).or_err(InvalidHTTPHeader, "invalid header name")
+}
+
+fn value(v: &str) -> pingora::Result<HeaderValue> {
+    HeaderValue::from_str(v).or_err(InvalidHTTPHeader, "invalid header value")
 }
 
 /// The message inside a provider's error body, OpenAI-shaped or not, cut to a readable length.

@@ -837,13 +837,8 @@ enum StreamEnd {
 
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
-    /// Only `usage`: the rest of the answer is skipped, not built into a tree.
-    #[derive(serde::Deserialize)]
-    struct Reported {
-        #[serde(default)]
-        usage: Option<Value>,
-    }
-    let reported = serde_json::from_slice::<Reported>(body).ok().and_then(|r| r.usage);
+    // Only `usage` is built; the rest of the answer is tokenized (simd-json) and stepped over.
+    let reported = sluice_core::wire::top_level_field(&mut body.to_vec(), "usage");
     if let Some(u) = reported.as_ref().and_then(Usage::from_openai) {
         return u;
     }

@@ -137,7 +137,9 @@ impl ProxyHttp for Worker {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let outcome = self.handle(session, ctx).await;
+        // Boxed: the whole request's state machine lives on the heap once, instead of inside the
+        // future Pingora moves around for every request (several KiB copied each time).
+        let outcome = Box::pin(self.handle(session, ctx)).await;
         if let Err(e) = outcome {
             if session.response_written().is_none()
                 && let Err(write) = respond::error(session, ctx, &e).await

@@ -1,8 +1,10 @@
 //! Writing answers downstream. This is the one place where errors become OpenAI-shaped bodies.
 
 use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{ErrorType, OrErr};
 use sluice_core::GatewayError;
 
 use super::Ctx;
@@ -10,29 +12,44 @@ use super::Ctx;
 /// A response header with what every answer carries: `x-request-id`, `Server-Timing` and
 /// `x-sluice-overhead-us` (the gateway's own time so far).
 pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result<ResponseHeader> {
-    // Without a case map: every name here is lowercase already, and each insert costs half.
-    let mut h = ResponseHeader::build_no_case(status, Some(12))?;
-    h.insert_header("content-type", content_type)?;
-    h.insert_header("x-request-id", ctx.core.request_id.as_str())?;
+    // Built as `http` parts with names known at compile time, then handed to Pingora without a
+    // case map (every name here is lowercase): Pingora's `insert_header` parses each name anew.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).or_err(ErrorType::InvalidHTTPHeader, "status")?;
+    let h = &mut parts.headers;
+    h.reserve(12);
+    h.insert(CONTENT_TYPE, value(content_type)?);
+    h.insert(X_REQUEST_ID.clone(), value(&ctx.core.request_id)?);
     let gateway = ctx.overhead();
     let mut timing = String::with_capacity(48);
     push_ms(&mut timing, "gateway;dur=", gateway);
     if !ctx.upstream_time.is_zero() {
         push_ms(&mut timing, ", upstream;dur=", ctx.upstream_time);
     }
-    h.insert_header("server-timing", timing)?;
-    h.insert_header("x-sluice-overhead-us", gateway.as_micros().to_string())?;
+    h.insert(SERVER_TIMING.clone(), value(&timing)?);
+    h.insert(X_SLUICE_OVERHEAD_US.clone(), HeaderValue::from(gateway.as_micros() as u64));
     if let Some(t) = &ctx.core.target {
-        h.insert_header("x-sluice-target", t.name.as_str())?;
+        h.insert(X_SLUICE_TARGET.clone(), value(&t.name)?);
     }
     if ctx.core.attempts > 0 {
-        h.insert_header("x-sluice-attempts", ctx.core.attempts.to_string())?;
+        h.insert(X_SLUICE_ATTEMPTS.clone(), HeaderValue::from(ctx.core.attempts));
     }
-    for (name, value) in &ctx.core.response_headers {
-        h.insert_header(*name, value.as_str())?;
+    for (name, v) in &ctx.core.response_headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).or_err(ErrorType::InvalidHTTPHeader, "name")?;
+        h.insert(name, value(v)?);
     }
     ctx.core.status = status;
-    Ok(h)
+    Ok(ResponseHeader::from(parts))
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+static X_SLUICE_OVERHEAD_US: HeaderName = HeaderName::from_static("x-sluice-overhead-us");
+static X_SLUICE_TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
+static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
+
+fn value(v: &str) -> pingora::Result<HeaderValue> {
+    HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
 }
 
 /// `label` and `d` in milliseconds with three decimals (`1.234`), from integer microseconds: float
