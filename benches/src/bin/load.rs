@@ -11,6 +11,13 @@
 //! the cost ledger in PostgreSQL (a database of its own, dropped at the end).
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
 //! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
+//!
+//! `--instructions N` measures instead of timing: Sluice, plain Pingora and nginx each run alone
+//! (one worker thread or process) under valgrind's callgrind, get 200 warm-up requests and then `N`
+//! sequential requests on one connection, and the user-space instructions each spent on those `N`
+//! are printed per request. Unlike CPU time on a shared machine, the count repeats from run to run,
+//! so it shows what a change to the request path did (valgrind is needed; `scripts/bench-load`
+//! installs it).
 
 #![allow(
     clippy::unwrap_used,
@@ -43,13 +50,41 @@ struct Args {
     limits: bool,
     /// Managed keys, limits, budgets and the ledger: Redis and PostgreSQL on their usual ports.
     governance: bool,
+    /// Count instructions per request under callgrind over this many requests instead of timing.
+    instructions: Option<u64>,
+}
+
+/// Where callgrind writes its counts, in `--instructions` mode.
+static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A command for `program`; under callgrind (counts in `<dir>/<name>.<pid>.out.1` once dumped) in
+/// `--instructions` mode.
+fn launch(program: &Path, name: &str) -> Command {
+    match CALLGRIND.get() {
+        None => Command::new(program),
+        Some(dir) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}/{name}.%p.out", dir.display()))
+                .arg(program);
+            c
+        }
+    }
 }
 
 /// The key Sluice is driven with: the config's, or the managed key issued for `--governance`.
 static SLUICE_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn args() -> Args {
-    let mut a = Args { rate: 1000, seconds: 10, stream: false, threads: 0, limits: false, governance: false };
+    let mut a = Args {
+        rate: 1000,
+        seconds: 10,
+        stream: false,
+        threads: 0,
+        limits: false,
+        governance: false,
+        instructions: None,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -63,6 +98,10 @@ fn args() -> Args {
                 a.governance = true;
             }
             "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            "--instructions" => {
+                a.instructions = Some(it.next().and_then(|v| v.parse().ok()).expect("--instructions N"));
+                a.threads = 1;
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -231,7 +270,7 @@ fn start_sluice(
     );
     let path = dir.join("sluice.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(gateway_binary())
+    let child = launch(&gateway_binary(), "sluice")
         .arg("--config")
         .arg(&path)
         .arg("--listen")
@@ -257,7 +296,7 @@ fn start_pingora(upstream: SocketAddr, port: u16, threads: usize) -> Option<Proc
     }
     let threads =
         if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-    let child = Command::new(workspace().join("target/release/pingora-baseline"))
+    let child = launch(&workspace().join("target/release/pingora-baseline"), "pingora")
         .arg(format!("127.0.0.1:{port}"))
         .arg(upstream.to_string())
         .arg(threads.to_string())
@@ -272,8 +311,14 @@ fn start_pingora(upstream: SocketAddr, port: u16, threads: usize) -> Option<Proc
 fn start_nginx(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Proc> {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
     let d = dir.display();
+    // One process, the worker itself, when counting instructions (callgrind follows one process).
+    let processes = if CALLGRIND.get().is_some() {
+        "worker_processes 1;\nmaster_process off;"
+    } else {
+        "worker_processes 2;"
+    };
     let conf = format!(
-        "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
+        "{processes}\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
          upstream up {{ server {upstream}; keepalive 64; }}\n\
@@ -282,7 +327,7 @@ fn start_nginx(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Proc> {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = Command::new(nginx)
+    let child = launch(Path::new(nginx), "nginx")
         .args(["-p", &d.to_string(), "-c"])
         .arg(&path)
         .args(["-g", "daemon off;"])
@@ -361,7 +406,8 @@ struct Run {
 }
 
 async fn wait_up(client: &reqwest::Client, url: &str) {
-    for _ in 0..200 {
+    // Under callgrind a start takes seconds.
+    for _ in 0..1200 {
         if client.get(url).send().await.is_ok() {
             return;
         }
@@ -437,6 +483,65 @@ async fn drive(
     run
 }
 
+/// `n` requests one after the other on one keep-alive connection; how many were answered 2xx.
+async fn sequential(url: &str, body: &Bytes, n: u64) -> u64 {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let mut ok = 0;
+    for _ in 0..n {
+        let r = client
+            .post(url)
+            .bearer_auth(SLUICE_KEY.get().map_or(KEY, String::as_str))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().is_success()
+            && r.bytes().await.is_ok()
+        {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// `--instructions`: each proxy's user-space instructions per request, from callgrind's counts
+/// over `n` sequential requests after a warm-up. Returns whether every count was read.
+async fn count_instructions(dir: &Path, targets: &[(&str, String, Vec<u32>)], body: Bytes, n: u64) -> bool {
+    println!("instructions: {n} sequential requests on one connection, JSON body of {} bytes", body.len());
+    println!("\n| path | instructions/request | vs nginx |\n|---|---|---|");
+    let mut counts: Vec<(&str, Option<u64>)> = Vec::new();
+    for (name, url, pids) in targets {
+        let Some(pid) = pids.first() else { continue };
+        sequential(url, &body, 200).await;
+        let control = |flag: &str| {
+            Command::new("callgrind_control")
+                .args([flag, &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let answered = control("-z") && sequential(url, &body, n).await == n && control("-d");
+        let dump = dir.join(format!("{name}.{pid}.out.1"));
+        let total = std::fs::read_to_string(&dump).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        counts.push((*name, total.filter(|_| answered).map(|t| t / n)));
+    }
+    let nginx = counts.iter().find(|(name, _)| *name == "nginx").and_then(|(_, c)| *c);
+    for (name, count) in &counts {
+        let ratio = match (count, nginx) {
+            (Some(c), Some(n)) => format!("{:.1}x", *c as f64 / n as f64),
+            _ => "-".into(),
+        };
+        println!("| {name} | {} | {ratio} |", count.map_or("(not read)".into(), |c| c.to_string()));
+    }
+    counts.iter().all(|(_, c)| c.is_some())
+}
+
 fn pct<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -450,6 +555,13 @@ async fn main() {
     let args = args();
     let dir = std::env::temp_dir().join(format!("sluice-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    if args.instructions.is_some() {
+        assert!(
+            Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "--instructions needs valgrind (scripts/bench-load installs it)"
+        );
+        CALLGRIND.set(dir.clone()).unwrap();
+    }
     let upstream = mock_upstream().await;
     let (sluice_port, nginx_port, pingora_port) = (free_port(), free_port(), free_port());
     let admin_port = free_port();
@@ -488,6 +600,17 @@ async fn main() {
     .flatten()
     .collect();
 
+    if let Some(n) = args.instructions {
+        let counted = count_instructions(&dir, &targets, body.clone(), n).await;
+        drop(sluice);
+        drop(pingora);
+        drop(nginx);
+        if args.governance {
+            psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", load_db()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(if counted { 0 } else { 1 });
+    }
     println!(
         "load: {} req/s for {} s, {} body of {} bytes, {} cores",
         args.rate,

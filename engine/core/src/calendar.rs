@@ -28,10 +28,23 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// `YYYY-MM-DD` of a day number.
+/// `YYYY-MM-DD` of a day number (years outside 0–9999 clamped).
 pub fn date(day: i64) -> String {
     let (y, m, d) = civil_from_days(day);
-    format!("{y:04}-{m:02}-{d:02}")
+    // Digit by digit: budgets spell a few dates per request, and `format!` costs several times this.
+    let mut out = *b"0000-00-00";
+    put_digits(&mut out[0..4], y.clamp(0, 9999) as u64);
+    put_digits(&mut out[5..7], m as u64);
+    put_digits(&mut out[8..10], d as u64);
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Writes `n` into `out` as decimal digits, zero-padded to its width (higher digits cut).
+pub fn put_digits(out: &mut [u8], mut n: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// The day number of a `YYYY-MM-DD` date; `None` for anything else, impossible dates included.
@@ -83,6 +96,7 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2026, 11, 30), 20_787);
         assert_eq!(date(11_016), "2000-02-29");
+        assert_eq!((date(0), date(-1)), ("1970-01-01".into(), "1969-12-31".into()));
         for day in [-1, 0, 59, 60, 11_016, 20_787, 30_000] {
             let (y, m, d) = civil_from_days(day);
             assert_eq!(days_from_civil(y, m, d), day);

@@ -101,15 +101,11 @@ pub fn now_rfc3339() -> String {
 fn rfc3339(d: std::time::Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    use sluice_core::calendar::put_digits;
     let (year, month, day) = sluice_core::calendar::civil_from_days(days);
     // Digit by digit into a fixed buffer: one line per request, and `format!` costs several times this.
     let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
+    let mut put = |at: usize, width: usize, n: u64| put_digits(&mut out[at..at + width], n);
     put(0, 4, year.clamp(0, 9999) as u64);
     put(5, 2, month as u64);
     put(8, 2, day as u64);

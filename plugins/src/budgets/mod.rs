@@ -57,14 +57,23 @@ pub struct Budgets {
 struct Applied {
     counter: Counter,
     cap: Micros,
-    /// e.g. "team `payments` daily budget".
-    what: String,
     period: &'static str,
     period_label: String,
     owner: String,
     dimension: Dimension,
     /// When the period resets.
     resets_us: i64,
+}
+
+impl Applied {
+    /// e.g. "team `payments` daily budget" (spelled only when a message needs it).
+    fn what(&self) -> String {
+        let label = match self.dimension {
+            Dimension::Team => "team",
+            Dimension::Key => "key",
+        };
+        format!("{label} `{}` {} budget", self.owner, self.period)
+    }
 }
 
 /// What on_request found, for on_complete.
@@ -147,7 +156,8 @@ impl Budgets {
                     Duration::from_micros((resets_us - now_us).max(0) as u64) + Duration::from_secs(86_400);
                 out.push(Applied {
                     counter: Counter {
-                        key: format!("{{org:{}}}:spend:{label}:{owner}:{period}:{stamp}", who.org),
+                        key: ["{org:", &who.org, "}:spend:", label, ":", owner, ":", period, ":", &stamp]
+                            .concat(),
                         ttl,
                         scope: SpendScope {
                             dimension,
@@ -157,7 +167,6 @@ impl Budgets {
                         },
                     },
                     cap,
-                    what: format!("{label} `{owner}` {period} budget"),
                     period,
                     period_label: if period == "daily" {
                         date(today)
@@ -178,10 +187,19 @@ impl Budgets {
         let text = match event {
             "budget.exhausted" => format!(
                 "Sluice: {} is spent ({} of {} for {}); requests are refused until it resets.",
-                a.what, spent, a.cap, a.period_label
+                a.what(),
+                spent,
+                a.cap,
+                a.period_label
             ),
             _ => {
-                format!("Sluice: {} is {pct}% used ({} of {} for {}).", a.what, spent, a.cap, a.period_label)
+                format!(
+                    "Sluice: {} is {pct}% used ({} of {} for {}).",
+                    a.what(),
+                    spent,
+                    a.cap,
+                    a.period_label
+                )
             }
         };
         Notice {
@@ -248,7 +266,7 @@ impl Plugin for Budgets {
         {
             ctx.response_headers.push((
                 "x-sluice-budget-warning",
-                format!("{} {}% used ({} of {})", a.what, percent(*s, a.cap), s, a.cap),
+                format!("{} {}% used ({} of {})", a.what(), percent(*s, a.cap), s, a.cap),
             ));
         }
         ctx.extensions.insert(Checked(applied.clone()));
@@ -257,7 +275,7 @@ impl Plugin for Budgets {
         };
         let message = format!(
             "You exceeded your {}: {} of {} spent for {}. Requests are refused until it resets at {}T00:00:00Z.",
-            a.what,
+            a.what(),
             s,
             a.cap,
             a.period_label,
@@ -265,7 +283,8 @@ impl Plugin for Budgets {
         );
         if observe {
             log::info!("budgets: observe mode, request {} would be refused: {message}", ctx.request_id);
-            ctx.response_headers.push(("x-sluice-budget-observe", format!("would refuse: {} spent", a.what)));
+            ctx.response_headers
+                .push(("x-sluice-budget-observe", format!("would refuse: {} spent", a.what())));
             return Ok(Flow::Continue);
         }
         let wait = ((a.resets_us - unix_us((self.now)())).max(0) as u64).div_ceil(1_000_000).max(1);
@@ -302,7 +321,7 @@ impl Plugin for Budgets {
             match self.store.first_time(&format!("{}:{event}", a.counter.key), a.counter.ttl).await {
                 Ok(true) => self.notifier.notify(self.notice(who, a, total, event)),
                 Ok(false) => {}
-                Err(e) => log::warn!("budgets: cannot mark the {event} notice of {}: {e}", a.what),
+                Err(e) => log::warn!("budgets: cannot mark the {event} notice of {}: {e}", a.what()),
             }
         }
     }

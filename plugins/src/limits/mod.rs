@@ -181,7 +181,11 @@ impl Limits {
         ]
         .into_iter()
         .filter_map(|(level, id, default)| {
-            let rate = self.config.overrides.get(&format!("{level}:{id}")).copied().or(default)?;
+            let rate = if self.config.overrides.is_empty() {
+                default
+            } else {
+                self.config.overrides.get(&[level, ":", id].concat()).copied().or(default)
+            }?;
             Some((level, id, rate))
         })
         .collect()
@@ -205,7 +209,7 @@ impl Plugin for Limits {
         let mut described = Vec::new();
         for (level, id, rate) in self.levels(&who) {
             // Hash-tagged by org, so that one request's keys share a Redis Cluster slot.
-            let key = |unit: &str| format!("{{org:{}}}:{level}:{id}:{unit}", who.org);
+            let key = |unit: &str| ["{org:", &who.org, "}:", level, ":", id, ":", unit].concat();
             if let Some(rpm) = rate.rpm {
                 charges.push(Charge { key: key("rpm"), limit: rpm, period: PERIOD, cost: 1 });
                 described.push((level, id.to_owned(), Unit::Requests));

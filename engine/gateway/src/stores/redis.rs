@@ -220,7 +220,7 @@ impl RedisLimits {
     }
 
     fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        [self.prefix.as_str(), key].concat()
     }
 
     fn note(&self, ok: bool, what: &str, e: Option<&dyn std::fmt::Display>) {

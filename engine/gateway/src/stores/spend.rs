@@ -273,7 +273,7 @@ impl RedisInner {
     }
 
     fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        [self.prefix.as_str(), key].concat()
     }
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
