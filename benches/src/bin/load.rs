@@ -276,7 +276,12 @@ fn start_sluice(
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("SLUICE_LOG", "error")
-        .stdout(Stdio::null())
+        // `LOAD_ACCESS_LOG=FILE` keeps Sluice's access log (one JSON line per request) for a look at
+        // where slow requests fall.
+        .stdout(match std::env::var_os("LOAD_ACCESS_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("LOAD_ACCESS_LOG")),
+            None => Stdio::null(),
+        })
         .stderr(Stdio::null())
         .spawn()
         .expect("start sluice");
