@@ -1,8 +1,7 @@
 //! Limit state in Redis, shared by every instance: one Lua script checks and charges every bucket
 //! of a request atomically, on Redis' clock (`TIME`), so counters stay right across instances and
-//! clock skew. An org's buckets are the fields of one hash, `{org:ID}:limits` (hash-tagged, so it
-//! sits in one Redis Cluster slot): a reservation reads them with one `HMGET` and writes them with
-//! one `HSET`. Each worker thread keeps its own connection, on its own runtime.
+//! clock skew. Keys are hash-tagged by org (`{org:ID}`), so one request's keys share a Redis Cluster
+//! slot. Each worker thread keeps its own connection, on its own runtime.
 //!
 //! The correction of a token reservation at the end of a request costs no round trip of its own:
 //! it waits (up to 100 ms) and rides along with the next reservation of the same org, applied by
@@ -23,104 +22,77 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};
-use fred::types::Value;
 use fred::types::scripts::Script;
 use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, StoreError};
 
 use super::memory::MemoryLimits;
 
-/// Buckets live as fields of one hash per hash tag (`{org:acme}:limits`, field `:team:t:tpm`), so
-/// that a request's buckets are read with one `HMGET` and written with one `HSET`: inside a script
-/// each `redis.call` costs Redis a few microseconds of its own, and per-key `GET`/`SET` made a
-/// reservation a dozen or more of them.
-///
-/// First applies the corrections (folded in from earlier requests, or sent on their own with no
-/// bucket to reserve), then checks every bucket to reserve and charges all or none; a bucket that
-/// is corrected and reserved is read and written once. ARGV: n buckets to reserve, m corrections,
-/// then per bucket (reserved ones first) its hash's index in KEYS, its field, limit, period (ms),
-/// and cost (a correction: delta). A hash lives until its furthest bucket is full again, plus a
-/// second; it is never shortened. Returns per reserved bucket: allowed (1/0), remaining, ms until
-/// full, ms to wait when refused.
+/// First applies the corrections folded in from earlier requests (KEYS after the first ARGV[1]),
+/// then checks every bucket to reserve and charges all or none. ARGV: the number n of buckets to
+/// reserve, then per bucket limit, period (ms), cost, then per correction limit, period (ms), delta.
+/// Returns per reserved bucket: allowed (1/0), remaining, ms until full, ms to wait when refused.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local b = {}
-for i = 1, n + m do
-  local a = 2 + (i - 1) * 5
-  b[i] = {key = KEYS[tonumber(ARGV[a + 1])], field = ARGV[a + 2], limit = tonumber(ARGV[a + 3]),
-    period = tonumber(ARGV[a + 4]), amount = tonumber(ARGV[a + 5])}
-end
-local tats = {}
-for k = 1, #KEYS do
-  local fields = {}
-  for i = 1, n + m do
-    if b[i].key == KEYS[k] then fields[#fields + 1] = b[i].field end
-  end
-  local got = redis.call('HMGET', KEYS[k], unpack(fields))
-  local map = {}
-  for i = 1, #fields do map[fields[i]] = tonumber(got[i]) end
-  tats[KEYS[k]] = map
-end
-local dirty = {}
-for i = n + 1, n + m do
-  local x = b[i]
-  local tat = tats[x.key][x.field]
+local n = tonumber(ARGV[1])
+for j = n + 1, #KEYS do
+  local base = 1 + (j - 1) * 3
+  local tat = tonumber(redis.call('GET', KEYS[j]))
   if tat then
-    local new = tat + (x.period / math.max(x.limit, 1)) * x.amount
+    local limit = tonumber(ARGV[base + 1])
+    local new = tat + (tonumber(ARGV[base + 2]) / math.max(limit, 1)) * tonumber(ARGV[base + 3])
     if new < now then new = now end
-    tats[x.key][x.field] = new
-    dirty[i] = true
+    redis.call('SET', KEYS[j], tostring(new), 'PX', math.ceil(new - now) + 1000)
   end
 end
 local d = {}
 local ok = true
 for i = 1, n do
-  local x = b[i]
-  local per = x.period / math.max(x.limit, 1)
-  local tat = tats[x.key][x.field] or now
+  local limit = tonumber(ARGV[1 + (i - 1) * 3 + 1])
+  local period = tonumber(ARGV[1 + (i - 1) * 3 + 2])
+  local cost = tonumber(ARGV[1 + (i - 1) * 3 + 3])
+  local per = period / math.max(limit, 1)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local new = tat + per * x.amount
-  local allowed = (new - now) <= x.period
+  local new = tat + per * cost
+  local allowed = (new - now) <= period
   if not allowed then ok = false end
-  d[i] = {tat, new, allowed, per}
+  d[i] = {tat, new, allowed, per, period, limit}
 end
 local out = {}
 for i = 1, n do
-  local x = b[i]
-  local tat, new, allowed, per = d[i][1], d[i][2], d[i][3], d[i][4]
+  local tat, new, allowed, per, period, limit = d[i][1], d[i][2], d[i][3], d[i][4], d[i][5], d[i][6]
   local kept = tat
   if ok then
     kept = new
-    tats[x.key][x.field] = kept
-    dirty[i] = true
+    redis.call('SET', KEYS[i], tostring(kept), 'PX', math.ceil(kept - now) + 1000)
   end
-  local remaining = math.floor((x.period - (kept - now)) / per)
+  local remaining = math.floor((period - (kept - now)) / per)
   if remaining < 0 then remaining = 0 end
-  if remaining > x.limit then remaining = x.limit end
+  if remaining > limit then remaining = limit end
   local retry = 0
-  if not allowed then retry = math.ceil(new - now - x.period) end
+  if not allowed then retry = math.ceil(new - now - period) end
   out[i] = {allowed and 1 or 0, remaining, math.floor(kept - now), retry}
 end
-for k = 1, #KEYS do
-  local args, done, horizon = {}, {}, 0
-  for i = 1, n + m do
-    local x = b[i]
-    if dirty[i] and x.key == KEYS[k] and not done[x.field] then
-      done[x.field] = true
-      local v = tats[x.key][x.field]
-      args[#args + 1] = x.field
-      args[#args + 1] = tostring(v)
-      if v - now > horizon then horizon = v - now end
-    end
-  end
-  if #args > 0 then
-    redis.call('HSET', KEYS[k], unpack(args))
-    local ttl = math.ceil(horizon) + 1000
-    if redis.call('PTTL', KEYS[k]) < ttl then redis.call('PEXPIRE', KEYS[k], ttl) end
+return out
+"#;
+
+/// Moves each bucket's TAT by its `delta` units (a refund when negative), never before now.
+/// ARGV: per key, limit, period (ms), delta.
+const ADJUST: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local limit = tonumber(ARGV[(i - 1) * 3 + 1])
+    local delta = tonumber(ARGV[(i - 1) * 3 + 3])
+    local new = tat + (tonumber(ARGV[(i - 1) * 3 + 2]) / math.max(limit, 1)) * delta
+    if new < now then new = now end
+    redis.call('SET', KEYS[i], tostring(new), 'PX', math.ceil(new - now) + 1000)
   end
 end
-return out
+return 1
 "#;
 
 thread_local! {
@@ -181,6 +153,7 @@ pub struct RedisLimits {
     config: Config,
     prefix: String,
     reserve: Script,
+    adjust: Script,
     /// The local limiter, unless failures go to the plugin.
     fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
@@ -230,6 +203,7 @@ impl RedisLimits {
             config,
             prefix: prefix.to_owned(),
             reserve: Script::from_lua(RESERVE),
+            adjust: Script::from_lua(ADJUST),
             fallback: local_fallback.then(MemoryLimits::default),
             pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
@@ -245,39 +219,8 @@ impl RedisLimits {
         thread_client(&self.url, &self.config).await
     }
 
-    /// KEYS and ARGV of [`RESERVE`] for `reserved` buckets followed by corrections, each
-    /// (bucket key, limit, period, cost or delta): one hash per hash tag, the rest of a bucket's key
-    /// its field.
-    fn script_args<'a>(
-        &self,
-        reserved: usize,
-        buckets: impl Iterator<Item = (&'a str, u64, Duration, i64)>,
-    ) -> (Vec<String>, Vec<Value>) {
-        let mut keys: Vec<String> = Vec::with_capacity(1);
-        let mut tags: Vec<&str> = Vec::with_capacity(1);
-        let mut args: Vec<Value> = Vec::with_capacity(32);
-        args.push(Value::Integer(reserved as i64));
-        args.push(Value::Integer(0));
-        let mut count: usize = 0;
-        for (key, limit, period, amount) in buckets {
-            let tag = tag(key);
-            let index = match tags.iter().position(|t| *t == tag) {
-                Some(i) => i,
-                None => {
-                    tags.push(tag);
-                    keys.push([self.prefix.as_str(), tag, ":limits"].concat());
-                    tags.len() - 1
-                }
-            };
-            args.push(Value::Integer(index as i64 + 1));
-            args.push(Value::from(&key[tag.len()..]));
-            args.push(Value::Integer(limit as i64));
-            args.push(Value::Integer(period.as_millis() as i64));
-            args.push(Value::Integer(amount));
-            count += 1;
-        }
-        args[1] = Value::Integer(count.saturating_sub(reserved) as i64);
-        (keys, args)
+    fn key(&self, key: &str) -> String {
+        [self.prefix.as_str(), key].concat()
     }
 
     fn note(&self, ok: bool, what: &str, e: Option<&dyn std::fmt::Display>) {
@@ -310,9 +253,13 @@ impl LimitStore for RedisLimits {
             }
             None => Vec::new(),
         };
-        let reserved = charges.iter().map(|c| (c.key.as_str(), c.limit, c.period, c.cost as i64));
-        let corrected = folded.iter().map(|a| (a.key.as_str(), a.limit, a.period, a.delta));
-        let (keys, args) = self.script_args(charges.len(), reserved.chain(corrected));
+        let keys: Vec<String> =
+            charges.iter().map(|c| self.key(&c.key)).chain(folded.iter().map(|a| self.key(&a.key))).collect();
+        let mut args: Vec<i64> = vec![charges.len() as i64];
+        args.extend(
+            charges.iter().flat_map(|c| [c.limit as i64, c.period.as_millis() as i64, c.cost as i64]),
+        );
+        args.extend(folded.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]));
         let answer: Result<Vec<Vec<i64>>, String> = match self.client().await {
             Ok(client) => {
                 self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
@@ -365,11 +312,12 @@ impl LimitStore for RedisLimits {
             by_tag.entry(tag(&a.key)).or_default().push(a);
         }
         for group in by_tag.into_values() {
-            let corrected = group.iter().map(|a| (a.key.as_str(), a.limit, a.period, a.delta));
-            let (keys, args) = self.script_args(0, corrected);
-            let done: Result<Vec<Vec<i64>>, String> = match self.client().await {
+            let keys: Vec<String> = group.iter().map(|a| self.key(&a.key)).collect();
+            let args: Vec<i64> =
+                group.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]).collect();
+            let done: Result<i64, String> = match self.client().await {
                 Ok(client) => {
-                    self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
+                    self.adjust.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.0),
             };
