@@ -305,3 +305,40 @@ async fn limits_and_budgets_work_on_a_redis_cluster_one_slot_per_request() {
     assert_eq!(h["redis"], "ok", "no CROSSSLOT or other failure: {h}");
     assert!(a.stderr().is_empty() || !a.stderr().contains("CROSSSLOT"), "{}", a.stderr());
 }
+
+/// The Redis store itself: a correction with no reservation of its org to ride along with is sent
+/// on its own once older than the fold window, and another instance then sees the refund.
+#[tokio::test]
+async fn a_correction_with_nothing_to_ride_along_is_sent_on_its_own() {
+    use sluice::stores::redis::RedisLimits;
+    use sluice_core::limits::{Adjustment, Charge, LimitStore};
+
+    let prefix = crate::redis_prefix();
+    let key = "{org:o}:app:a:tpm".to_owned();
+    let period = Duration::from_secs(60);
+    let charge = |cost| Charge { key: key.clone(), limit: 100, period, cost };
+    let one = RedisLimits::new("redis://127.0.0.1:6379", &prefix, false, None).unwrap();
+    let other = RedisLimits::new("redis://127.0.0.1:6379", &prefix, false, None).unwrap();
+
+    let reserved = one.reserve(&[charge(60)]).await.unwrap();
+    assert!(reserved[0].allowed);
+    assert_eq!(reserved[0].remaining, 40);
+    // 50 of the 60 tokens were not used: the refund waits for a reservation to ride along with...
+    one.adjust(&[Adjustment { key: key.clone(), limit: 100, period, delta: -50 }]).await.unwrap();
+    assert_eq!(other.reserve(&[charge(0)]).await.unwrap()[0].remaining, 40, "not sent yet");
+    // ...and, none coming, goes on its own once older than the fold window.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    one.adjust(&[]).await.unwrap();
+    let seen = other.reserve(&[charge(1)]).await.unwrap();
+    assert!((89..=90).contains(&seen[0].remaining), "100 - 10 used - 1: {:?}", seen[0]);
+
+    let stored = format!("{prefix}{key}");
+    let redis_cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli").args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let ttl: i64 = redis_cli(&["PTTL", &stored]).parse().unwrap();
+    // Eleven tokens in use at 600 ms each: full again in about 6.6 s, kept one second more.
+    assert!((6_000..=8_000).contains(&ttl), "the bucket lives until it is full again: {ttl} ms");
+    redis_cli(&["DEL", &stored]);
+}
