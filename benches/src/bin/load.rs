@@ -607,14 +607,7 @@ async fn main() {
 
     if let Some(n) = args.instructions {
         let counted = count_instructions(&dir, &targets, body.clone(), n).await;
-        drop(sluice);
-        drop(pingora);
-        drop(nginx);
-        if args.governance {
-            psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", load_db()));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::process::exit(if counted { 0 } else { 1 });
+        finish([Some(sluice), pingora, nginx], args.governance, &dir, counted);
     }
     println!(
         "load: {} req/s for {} s, {} body of {} bytes, {} cores",
@@ -681,12 +674,17 @@ async fn main() {
     } else {
         println!("nginx not found: CPU comparison skipped (scripts/bench-load installs it)");
     }
-    drop(sluice);
-    drop(pingora);
-    drop(nginx);
-    if args.governance {
+    finish([Some(sluice), pingora, nginx], args.governance, &dir, ok);
+}
+
+/// Stops the proxies (in order), drops the run's database and directory, and exits 0 when `ok`.
+fn finish(proxies: [Option<Proc>; 3], governance: bool, dir: &Path, ok: bool) -> ! {
+    for proxy in proxies {
+        drop(proxy);
+    }
+    if governance {
         psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", load_db()));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     std::process::exit(if ok { 0 } else { 1 });
 }
