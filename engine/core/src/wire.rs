@@ -239,11 +239,18 @@ fn tape(bytes: &mut [u8]) -> simd_json::Result<simd_json::Tape<'_>> {
     })
 }
 
-/// The value of the top-level field `key` of the JSON object in `bytes` (parsed in place; the last
-/// one when repeated, as serde_json reads it). Only that value is built: the rest of the document is
-/// tokenized and stepped over. `None` when the bytes are no JSON object or have no such field.
-pub fn top_level_field(bytes: &mut [u8], key: &str) -> Option<Value> {
-    let tape = tape(bytes).ok()?;
+/// The value of the top-level field `key` of the JSON object in `bytes` (the last one when
+/// repeated, as serde_json reads it). Only that value is built: the rest of the document is stepped
+/// over — tokenized by simd-json (on a copy) up to [`REUSED_BUFFERS`] bytes, skipped by serde_json
+/// above, where a tape of a large answer (an embeddings list of a million numbers) would cost more
+/// than it saves. `None` when the bytes are no JSON object or have no such field.
+pub fn top_level_field(bytes: &[u8], key: &str) -> Option<Value> {
+    if bytes.len() > REUSED_BUFFERS {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        return serde::de::DeserializeSeed::deserialize(FieldSeed(key), &mut de).ok().flatten();
+    }
+    let mut copy = bytes.to_vec();
+    let tape = tape(&mut copy).ok()?;
     let nodes = &tape.0;
     let Node::Object { len, .. } = *nodes.first()? else { return None };
     let mut at = 1;
@@ -261,6 +268,37 @@ pub fn top_level_field(bytes: &mut [u8], key: &str) -> Option<Value> {
         at += extent;
     }
     Tree { nodes: nodes.get(found?)?, at: 0, repeated_key: false }.value()
+}
+
+/// Reads one field of a JSON object with serde, skipping the others without building them.
+struct FieldSeed<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldSeed<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if k == self.0 {
+                found = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Builds `serde_json` values from simd-json's tape (what its serde path does too, less the visitor
@@ -469,21 +507,25 @@ mod tests {
     fn one_top_level_field_is_read_without_the_rest() {
         let answer = r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {}","usage":1}}],
             "usage":{"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}},"tail":[1,{"b":2}]}"#;
-        let usage = top_level_field(&mut answer.as_bytes().to_vec(), "usage").unwrap();
+        let usage = top_level_field(answer.as_bytes(), "usage").unwrap();
         assert_eq!(
             usage,
             serde_json::json!({"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}})
         );
-        assert_eq!(top_level_field(&mut answer.as_bytes().to_vec(), "tail").unwrap()[1]["b"], 2);
-        assert_eq!(top_level_field(&mut br#"{"usage":1,"usage":2}"#.to_vec(), "usage").unwrap(), 2);
+        assert_eq!(top_level_field(answer.as_bytes(), "tail").unwrap()[1]["b"], 2);
+        assert_eq!(top_level_field(br#"{"usage":1,"usage":2}"#, "usage").unwrap(), 2);
         for none in [&br#"{"choices":[]}"#[..], b"[1]", b"{\"usage\":", b"", b"null"] {
-            assert_eq!(
-                top_level_field(&mut none.to_vec(), "usage"),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(none)
-            );
+            assert_eq!(top_level_field(none, "usage"), None, "{:?}", String::from_utf8_lossy(none));
         }
+        // Above the reused buffers' size the other fields are skipped by serde_json: same answers.
+        let big = format!(
+            r#"{{"data":[{}],"usage":{{"prompt_tokens":7}},"model":"e"}}"#,
+            vec!["0.125"; 40_000].join(",")
+        );
+        assert!(big.len() > REUSED_BUFFERS);
+        assert_eq!(top_level_field(big.as_bytes(), "usage").unwrap()["prompt_tokens"], 7);
+        assert_eq!(top_level_field(big.as_bytes(), "model").unwrap(), "e");
+        assert_eq!(top_level_field(&big.as_bytes()[..100_000], "usage"), None, "cut short");
     }
 
     #[test]

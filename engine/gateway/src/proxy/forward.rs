@@ -837,8 +837,8 @@ enum StreamEnd {
 
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
-    // Only `usage` is built; the rest of the answer is tokenized (simd-json) and stepped over.
-    let reported = sluice_core::wire::top_level_field(&mut body.to_vec(), "usage");
+    // Only `usage` is built; the rest of the answer is stepped over.
+    let reported = sluice_core::wire::top_level_field(body, "usage");
     if let Some(u) = reported.as_ref().and_then(Usage::from_openai) {
         return u;
     }
