@@ -60,12 +60,6 @@ impl Body {
     }
 }
 
-impl From<Map<String, Value>> for Body {
-    fn from(map: Map<String, Value>) -> Self {
-        Self { map, raw: None }
-    }
-}
-
 impl Deref for Body {
     type Target = Map<String, Value>;
 

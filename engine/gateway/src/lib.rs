@@ -12,6 +12,7 @@ pub mod audit_export;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod headers;
 pub mod health;
 pub mod http_client;
 pub mod id;

@@ -14,6 +14,7 @@ use sluice_core::GatewayError;
 use sluice_core::ctx::Endpoint;
 
 use super::{Dialect, HttpUpstream};
+use crate::headers::{self, X_REQUEST_ID, value};
 use crate::routing::endpoints::EndpointInfo;
 
 /// The request header for one attempt: the provider's key replaces the client's gateway key.
@@ -63,29 +64,20 @@ pub fn header_for(
         h.insert(X_REQUEST_ID.clone(), value(request_id)?);
         if let Some(key) = &upstream.api_key {
             let (name, prefix) = upstream.dialect.key_header();
-            h.insert(header_name(name)?, value(&format!("{prefix}{}", key.get()))?);
+            h.insert(headers::name(name)?, value(&format!("{prefix}{}", key.get()))?);
         }
         if let Dialect::Anthropic { version, .. } = &upstream.dialect {
             h.insert(ANTHROPIC_VERSION.clone(), value(version)?);
         }
         for (k, v) in &upstream.headers {
-            h.insert(header_name(k)?, value(v)?);
+            h.insert(headers::name(k)?, value(v)?);
         }
         Ok(RequestHeader::from(parts))
     };
     build().map_err(|e| GatewayError::internal(format!("cannot build the upstream request: {e}")))
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-
-fn header_name(name: &str) -> pingora::Result<HeaderName> {
-    HeaderName::from_bytes(name.as_bytes()).or_err(InvalidHTTPHeader, "invalid header name")
-}
-
-fn value(v: &str) -> pingora::Result<HeaderValue> {
-    HeaderValue::from_str(v).or_err(InvalidHTTPHeader, "invalid header value")
-}
 
 /// The message inside a provider's error body, OpenAI-shaped or not, cut to a readable length.
 pub fn error_message(body: &[u8]) -> String {

@@ -8,6 +8,7 @@ use pingora::{ErrorType, OrErr};
 use sluice_core::GatewayError;
 
 use super::Ctx;
+use crate::headers::{self, X_REQUEST_ID, value};
 
 /// A response header with what every answer carries: `x-request-id`, `Server-Timing` and
 /// `x-sluice-overhead-us` (the gateway's own time so far).
@@ -35,22 +36,16 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
         h.insert(X_SLUICE_ATTEMPTS.clone(), HeaderValue::from(ctx.core.attempts));
     }
     for (name, v) in &ctx.core.response_headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).or_err(ErrorType::InvalidHTTPHeader, "name")?;
-        h.insert(name, value(v)?);
+        h.insert(headers::name(name)?, value(v)?);
     }
     ctx.core.status = status;
     Ok(ResponseHeader::from(parts))
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 static X_SLUICE_OVERHEAD_US: HeaderName = HeaderName::from_static("x-sluice-overhead-us");
 static X_SLUICE_TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
 static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
-
-fn value(v: &str) -> pingora::Result<HeaderValue> {
-    HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
-}
 
 /// `label` and `d` in milliseconds with three decimals (`1.234`), from integer microseconds: float
 /// formatting with a precision is one of the dearer things a request would do.
