@@ -17,7 +17,7 @@
 //! sequential requests on one connection, and the user-space instructions each spent on those `N`
 //! are printed per request. Unlike CPU time on a shared machine, the count repeats from run to run,
 //! so it shows what a change to the request path did (valgrind is needed; `scripts/bench-load`
-//! installs it).
+//! installs it). `LOAD_CALLGRIND_DIR=DIR` keeps the counts as `DIR/<name>.out`.
 
 #![allow(
     clippy::unwrap_used,
@@ -201,8 +201,15 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Where cargo puts release binaries (`CARGO_TARGET_DIR` when set, as cargo itself reads it).
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from)
+        .join("release")
+}
+
 fn gateway_binary() -> PathBuf {
-    let bin = workspace().join("target/release/sluice");
+    let bin = release_dir().join("sluice");
     let status = Command::new("cargo")
         .args(["build", "--release", "--locked", "-p", "sluice", "--bin", "sluice"])
         .current_dir(workspace())
@@ -301,7 +308,7 @@ fn start_pingora(upstream: SocketAddr, port: u16, threads: usize) -> Option<Proc
     }
     let threads =
         if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-    let child = launch(&workspace().join("target/release/pingora-baseline"), "pingora")
+    let child = launch(&release_dir().join("pingora-baseline"), "pingora")
         .arg(format!("127.0.0.1:{port}"))
         .arg(upstream.to_string())
         .arg(threads.to_string())
@@ -529,6 +536,11 @@ async fn count_instructions(dir: &Path, targets: &[(&str, String, Vec<u32>)], bo
         };
         let answered = control("-z") && sequential(url, &body, n).await == n && control("-d");
         let dump = dir.join(format!("{name}.{pid}.out.1"));
+        // `LOAD_CALLGRIND_DIR=DIR` keeps each proxy's counts (`DIR/<name>.out`) for
+        // `callgrind_annotate`.
+        if let Some(keep) = std::env::var_os("LOAD_CALLGRIND_DIR") {
+            let _ = std::fs::copy(&dump, Path::new(&keep).join(format!("{name}.out")));
+        }
         let total = std::fs::read_to_string(&dump).ok().and_then(|text| {
             text.lines()
                 .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
