@@ -8,6 +8,7 @@
 //! - [`ctx::RequestCtx`]: the typed facts of one request that plugins share (identity, target, usage,
 //!   timings), plus private per-plugin state in its extensions.
 //! - [`wire`]: the OpenAI request shapes, parsed with simd-json, unknown fields kept verbatim.
+//! - [`json`]: a parsed document read in place, and one reading API for it and `serde_json`.
 //! - [`error::GatewayError`]: every failure, with its HTTP status, OpenAI `type`/`code` and the
 //!   metric label; rendered in exactly one place by the engine.
 //! - [`usage::Usage`]: token counts, estimated or reported.
@@ -21,6 +22,7 @@ pub mod calendar;
 pub mod ctx;
 pub mod duration;
 pub mod error;
+pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod money;

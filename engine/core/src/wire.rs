@@ -1,19 +1,21 @@
 //! OpenAI's inbound request shapes, parsed once.
 //!
-//! [`Request::parse`] turns the body bytes into a JSON object with simd-json, checks the fields the
+//! [`Request::parse`] reads the body bytes with simd-json into a [`Doc`], checks the fields the
 //! gateway relies on with OpenAI's own error wording (naming the field at fault), and lifts them into
 //! typed facts. Every other field, unknown ones included, stays in [`Request::body`] and is passed on
 //! to the provider verbatim: as the very bytes the client sent while nothing has changed the body
 //! (no serialization on the common path), re-serialized once something has.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde_json::{Map, Number, Value};
-use simd_json::{Node, StaticNode};
+use serde_json::{Map, Value};
+use simd_json::Node;
 
 use crate::ctx::Endpoint;
 use crate::error::GatewayError;
+use crate::json::{Doc, Json, Kind};
 use crate::usage::Usage;
 
 /// A parsed inference request.
@@ -35,13 +37,18 @@ pub struct Request {
 
 /// A request's JSON object, with the client's own bytes for as long as they still spell it.
 ///
-/// Reading goes through `Deref` to the map; any mutable access (`DerefMut`) lets the bytes go, so a
-/// body something may have changed is always serialized again before it leaves. A body whose object
-/// repeats a key never keeps its bytes: the gateway read the last value, a provider might read the
-/// first, and what is checked (model, PII, limits) must be what is sent.
+/// As read, the object is a [`Doc`]: [`Body::field`] and [`Body::json`] read it in place, and a
+/// `serde_json` map is built only when something reads through `Deref` (translation to another
+/// provider's shape, for one). Any mutable access (`DerefMut`) lets the document and the bytes go,
+/// so a body something may have changed is always serialized again before it leaves. A body whose
+/// object repeats a key never keeps its bytes: the gateway read the last value, a provider might
+/// read the first, and what is checked (model, PII, limits) must be what is sent.
 #[derive(Debug, Clone, Default)]
 pub struct Body {
-    map: Map<String, Value>,
+    /// The object as read, while nothing has changed it; its map is built on first use.
+    read: Option<(Doc, OnceLock<Map<String, Value>>)>,
+    /// The object once something may have changed it (or had no document).
+    owned: Map<String, Value>,
     raw: Option<Bytes>,
 }
 
@@ -55,8 +62,21 @@ impl Body {
     pub fn to_bytes(&self) -> Bytes {
         match &self.raw {
             Some(raw) => raw.clone(),
-            None => Bytes::from(serde_json::to_vec(&self.map).unwrap_or_default()),
+            None => Bytes::from(serde_json::to_vec(&**self).unwrap_or_default()),
         }
+    }
+
+    /// The object, to read without building it.
+    pub fn json(&self) -> Json<'_> {
+        match &self.read {
+            Some((doc, _)) => doc.root(),
+            None => Json::from(&self.owned),
+        }
+    }
+
+    /// One top-level field, read without building the object.
+    pub fn field(&self, key: &str) -> Option<Json<'_>> {
+        self.json().get(key)
     }
 }
 
@@ -64,20 +84,26 @@ impl Deref for Body {
     type Target = Map<String, Value>;
 
     fn deref(&self) -> &Map<String, Value> {
-        &self.map
+        match &self.read {
+            Some((doc, map)) => map.get_or_init(|| doc.root().to_map()),
+            None => &self.owned,
+        }
     }
 }
 
 impl DerefMut for Body {
     fn deref_mut(&mut self) -> &mut Map<String, Value> {
+        if let Some((doc, map)) = self.read.take() {
+            self.owned = map.into_inner().unwrap_or_else(|| doc.root().to_map());
+        }
         self.raw = None;
-        &mut self.map
+        &mut self.owned
     }
 }
 
 impl PartialEq for Body {
     fn eq(&self, other: &Self) -> bool {
-        self.map == other.map
+        **self == **other
     }
 }
 
@@ -106,56 +132,61 @@ impl Request {
             )
             .with_code("invalid_json")
         };
-        let tape = tape(bytes).map_err(|_| invalid())?;
-        let mut tree = Tree { nodes: &tape.0, at: 0, repeated_key: false };
-        let value = tree.value().ok_or_else(invalid)?;
-        let Value::Object(map) = value else {
+        let doc = {
+            let tape = tape(bytes).map_err(|_| invalid())?;
+            Doc::from_tape(&tape.0, bytes_len(&tape.0)).ok_or_else(invalid)?
+        };
+        let kind = doc.root().kind();
+        if kind != Kind::Object {
             return Err(GatewayError::invalid_request(format!(
                 "Invalid request body: expected a JSON object, but got {} instead.",
-                type_name(&value)
+                kind.described()
             ))
             .with_code("invalid_type"));
+        }
+        // A repeated key: from now on the body is the map of what was read (last values).
+        let body = if doc.repeated_key() {
+            Body { read: None, owned: doc.root().to_map(), raw: None }
+        } else {
+            Body { read: Some((doc, OnceLock::new())), owned: Map::new(), raw: Some(raw) }
         };
-        let raw = (!tree.repeated_key).then_some(raw);
-        Self::from_body(endpoint, Body { map, raw })
+        Self::from_body(endpoint, body)
     }
 
     fn from_body(endpoint: Endpoint, body: Body) -> Result<Self, GatewayError> {
-        let model = match body.get("model") {
-            None | Some(Value::Null) => {
-                return Err(GatewayError::invalid_request("you must provide a model parameter")
-                    .with_param("model")
-                    .with_code("missing_required_parameter"));
-            }
-            Some(Value::String(m)) if m.is_empty() => {
-                return Err(GatewayError::invalid_request("you must provide a model parameter")
-                    .with_param("model")
-                    .with_code("missing_required_parameter"));
-            }
-            Some(Value::String(m)) => m.clone(),
-            Some(other) => return Err(invalid_type("model", "a string", other)),
+        let json = body.json();
+        let model = match json.get("model") {
+            None => "",
+            Some(m) if m.is_null() => "",
+            Some(m) => m.as_str().ok_or_else(|| invalid_type("model", "a string", m))?,
         };
+        if model.is_empty() {
+            return Err(GatewayError::invalid_request("you must provide a model parameter")
+                .with_param("model")
+                .with_code("missing_required_parameter"));
+        }
+        let model = model.to_owned();
         match endpoint {
-            Endpoint::ChatCompletions => check_messages(&body)?,
+            Endpoint::ChatCompletions => check_messages(json)?,
             Endpoint::Messages => {
-                check_messages(&body)?;
+                check_messages(json)?;
                 // Anthropic requires max_tokens; say so the way Anthropic does.
-                if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+                if json.get("max_tokens").and_then(Json::as_u64).is_none() {
                     return Err(GatewayError::invalid_request("max_tokens: Field required")
                         .with_param("max_tokens")
                         .with_code("missing_required_parameter"));
                 }
             }
-            Endpoint::Completions => check_text_input(&body, "prompt")?,
-            Endpoint::Embeddings => check_text_input(&body, "input")?,
+            Endpoint::Completions => check_text_input(json, "prompt")?,
+            Endpoint::Embeddings => check_text_input(json, "input")?,
             Endpoint::Models => {}
         }
-        let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+        let stream = optional_bool(json, "stream")?.unwrap_or(false);
         // Anthropic streams always carry usage; only OpenAI clients opt in.
         let wants_stream_usage = endpoint == Endpoint::Messages
-            || match body.get("stream_options") {
-                None | Some(Value::Null) => false,
-                Some(Value::Object(o)) => {
+            || match json.get("stream_options").filter(|o| !o.is_null()) {
+                None => false,
+                Some(o) if o.kind() == Kind::Object => {
                     if !stream {
                         return Err(GatewayError::invalid_request(
                             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
@@ -163,25 +194,23 @@ impl Request {
                         .with_param("stream_options")
                         .with_code("invalid_value"));
                     }
-                    match o.get("include_usage") {
-                        None | Some(Value::Null) => false,
-                        Some(Value::Bool(b)) => *b,
-                        Some(other) => {
-                            return Err(invalid_type("stream_options.include_usage", "a boolean", other));
-                        }
-                    }
+                    optional_bool(o, "include_usage")
+                        .map_err(|_| {
+                            let got = o.get("include_usage").map_or(Kind::Null, Json::kind);
+                            invalid_type("stream_options.include_usage", "a boolean", got)
+                        })?
+                        .unwrap_or(false)
                 }
                 Some(other) => return Err(invalid_type("stream_options", "an object", other)),
             };
-        let max_output_tokens = match optional_count(&body, "max_completion_tokens")? {
+        let max_output_tokens = match optional_count(json, "max_completion_tokens")? {
             Some(n) => Some(n),
-            None => optional_count(&body, "max_tokens")?,
+            None => optional_count(json, "max_tokens")?,
         };
-        optional_count(&body, "n")?;
-        let user = match body.get("user") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(u)) => Some(u.clone()),
-            Some(other) => return Err(invalid_type("user", "a string", other)),
+        optional_count(json, "n")?;
+        let user = match json.get("user").filter(|u| !u.is_null()) {
+            None => None,
+            Some(u) => Some(u.as_str().ok_or_else(|| invalid_type("user", "a string", u))?.to_owned()),
         };
         Ok(Self { endpoint, model, stream, wants_stream_usage, max_output_tokens, user, body })
     }
@@ -189,19 +218,16 @@ impl Request {
     /// Characters of text the model will read: message contents (string or text parts), tool-call
     /// arguments, prompts and embedding inputs. The basis of token estimates.
     pub fn prompt_chars(&self) -> usize {
+        let body = self.body.json();
         let mut n = 0;
-        if let Some(Value::Array(messages)) = self.body.get("messages") {
-            for m in messages {
-                n += m.get("content").map_or(0, text_chars);
-                if let Some(Value::Array(calls)) = m.get("tool_calls") {
-                    for c in calls {
-                        n += c.get("function").and_then(|f| f.get("arguments")).map_or(0, text_chars);
-                    }
-                }
+        for m in body.get("messages").into_iter().flat_map(Json::items) {
+            n += m.get("content").map_or(0, text_chars);
+            for c in m.get("tool_calls").into_iter().flat_map(Json::items) {
+                n += c.get("function").and_then(|f| f.get("arguments")).map_or(0, text_chars);
             }
         }
         for field in ["prompt", "input", "system"] {
-            n += self.body.get(field).map_or(0, text_chars);
+            n += body.get(field).map_or(0, text_chars);
         }
         n
     }
@@ -245,7 +271,7 @@ pub fn top_level_field(bytes: &[u8], key: &str) -> Option<Value> {
     }
     let mut copy = bytes.to_vec();
     let tape = tape(&mut copy).ok()?;
-    let nodes = &tape.0;
+    let nodes = &tape.0[..];
     let Node::Object { len, .. } = *nodes.first()? else { return None };
     let mut at = 1;
     let mut found = None;
@@ -261,7 +287,14 @@ pub fn top_level_field(bytes: &[u8], key: &str) -> Option<Value> {
         }
         at += extent;
     }
-    Tree { nodes: nodes.get(found?)?, at: 0, repeated_key: false }.value()
+    let nodes = nodes.get(found?)?;
+    Some(Doc::from_tape(nodes, bytes_len(nodes))?.root().to_value())
+}
+
+/// The bytes of the strings of `nodes`: room for a [`Doc`]'s text, found without a second pass
+/// over the input (its length bounds them).
+fn bytes_len(nodes: &[Node<'_>]) -> usize {
+    nodes.iter().map(|n| if let Node::String(s) = n { s.len() } else { 0 }).sum()
 }
 
 /// Reads one field of a JSON object with serde, skipping the others without building them.
@@ -295,76 +328,33 @@ impl<'de> serde::de::Visitor<'de> for FieldSeed<'_> {
     }
 }
 
-/// Builds `serde_json` values from simd-json's tape (what its serde path does too, less the visitor
-/// machinery), noting whether any object repeats a key. Depth is bounded by simd-json's own limit.
-struct Tree<'t, 'input> {
-    nodes: &'t [Node<'input>],
-    at: usize,
-    repeated_key: bool,
-}
-
-impl Tree<'_, '_> {
-    fn value(&mut self) -> Option<Value> {
-        let node = *self.nodes.get(self.at)?;
-        self.at += 1;
-        Some(match node {
-            Node::String(s) => Value::String(s.to_owned()),
-            Node::Static(StaticNode::Null) => Value::Null,
-            Node::Static(StaticNode::Bool(b)) => Value::Bool(b),
-            Node::Static(StaticNode::I64(n)) => Value::Number(n.into()),
-            Node::Static(StaticNode::U64(n)) => Value::Number(n.into()),
-            Node::Static(StaticNode::F64(f)) => Value::Number(Number::from_f64(f)?),
-            Node::Array { len, .. } => {
-                let mut items = Vec::with_capacity(len);
-                for _ in 0..len {
-                    items.push(self.value()?);
-                }
-                Value::Array(items)
-            }
-            Node::Object { len, .. } => {
-                let mut map = Map::with_capacity(len);
-                for _ in 0..len {
-                    let Some(Node::String(key)) = self.nodes.get(self.at).copied() else { return None };
-                    self.at += 1;
-                    let value = self.value()?;
-                    if map.insert(key.to_owned(), value).is_some() {
-                        self.repeated_key = true;
-                    }
-                }
-                Value::Object(map)
-            }
-        })
-    }
-}
-
 /// Counts characters of strings in a content value: a string, an array of parts with `text`, or an
 /// array of strings (prompts, embedding inputs). Token arrays count one token as four characters.
-fn text_chars(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.chars().count(),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::Object(part) => part.get("text").map_or(0, text_chars),
-                Value::Number(_) => 4,
-                other => text_chars(other),
+fn text_chars(v: Json<'_>) -> usize {
+    match v.kind() {
+        Kind::String => v.as_str().map_or(0, |s| s.chars().count()),
+        Kind::Array => v
+            .items()
+            .map(|item| match item.kind() {
+                Kind::Object => item.get("text").map_or(0, text_chars),
+                Kind::Integer | Kind::Decimal => 4,
+                _ => text_chars(item),
             })
             .sum(),
         _ => 0,
     }
 }
 
-fn check_messages(body: &Map<String, Value>) -> Result<(), GatewayError> {
-    let messages = match body.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(GatewayError::invalid_request("Missing required parameter: 'messages'.")
-                .with_param("messages")
-                .with_code("missing_required_parameter"));
-        }
-        Some(Value::Array(m)) => m,
-        Some(other) => return Err(invalid_type("messages", "an array", other)),
+fn check_messages(body: Json<'_>) -> Result<(), GatewayError> {
+    let Some(messages) = body.get("messages").filter(|m| !m.is_null()) else {
+        return Err(GatewayError::invalid_request("Missing required parameter: 'messages'.")
+            .with_param("messages")
+            .with_code("missing_required_parameter"));
     };
-    if messages.is_empty() {
+    if messages.kind() != Kind::Array {
+        return Err(invalid_type("messages", "an array", messages));
+    }
+    if messages.items().next().is_none() {
         return Err(GatewayError::invalid_request(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an \
              empty array instead.",
@@ -372,24 +362,24 @@ fn check_messages(body: &Map<String, Value>) -> Result<(), GatewayError> {
         .with_param("messages")
         .with_code("empty_array"));
     }
-    for (i, m) in messages.iter().enumerate() {
-        let Value::Object(m) = m else {
+    for (i, m) in messages.items().enumerate() {
+        if m.kind() != Kind::Object {
             return Err(invalid_type(&format!("messages[{i}]"), "an object", m));
-        };
-        match m.get("role") {
-            None | Some(Value::Null) => {
+        }
+        match m.get("role").map_or(Kind::Null, Json::kind) {
+            Kind::Null => {
                 return Err(GatewayError::invalid_request(format!(
                     "Missing required parameter: 'messages[{i}].role'."
                 ))
                 .with_param(format!("messages[{i}].role"))
                 .with_code("missing_required_parameter"));
             }
-            Some(Value::String(_)) => {}
-            Some(other) => return Err(invalid_type(&format!("messages[{i}].role"), "a string", other)),
+            Kind::String => {}
+            other => return Err(invalid_type(&format!("messages[{i}].role"), "a string", other)),
         }
-        match m.get("content") {
-            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
-            Some(other) => {
+        match m.get("content").map_or(Kind::Null, Json::kind) {
+            Kind::Null | Kind::String | Kind::Array => {}
+            other => {
                 return Err(invalid_type(
                     &format!("messages[{i}].content"),
                     "a string or an array of content parts",
@@ -401,61 +391,45 @@ fn check_messages(body: &Map<String, Value>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn check_text_input(body: &Map<String, Value>, field: &str) -> Result<(), GatewayError> {
-    match body.get(field) {
-        None | Some(Value::Null) => {
-            Err(GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
-                .with_param(field)
-                .with_code("missing_required_parameter"))
-        }
-        Some(Value::String(_)) | Some(Value::Array(_)) => Ok(()),
-        Some(other) => Err(invalid_type(field, "a string or an array", other)),
+fn check_text_input(body: Json<'_>, field: &str) -> Result<(), GatewayError> {
+    match body.get(field).map_or(Kind::Null, Json::kind) {
+        Kind::Null => Err(GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
+            .with_param(field)
+            .with_code("missing_required_parameter")),
+        Kind::String | Kind::Array => Ok(()),
+        other => Err(invalid_type(field, "a string or an array", other)),
     }
 }
 
-fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GatewayError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid_type(field, "a boolean", other)),
+fn optional_bool(body: Json<'_>, field: &str) -> Result<Option<bool>, GatewayError> {
+    match body.get(field).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| invalid_type(field, "a boolean", v)),
     }
 }
 
 /// A positive integer field (`max_tokens`, `n`).
-fn optional_count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GatewayError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= 1 => Ok(Some(v)),
-            _ => Err(GatewayError::invalid_request(format!(
-                "Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {n} instead."
-            ))
-            .with_param(field)
-            .with_code("integer_below_min_value")),
-        },
-        Some(other) => Err(invalid_type(field, "an integer", other)),
+fn optional_count(body: Json<'_>, field: &str) -> Result<Option<u64>, GatewayError> {
+    let Some(v) = body.get(field).filter(|v| !v.is_null()) else { return Ok(None) };
+    match (v.kind(), v.as_u64()) {
+        (Kind::Integer, Some(n)) if n >= 1 => Ok(Some(n)),
+        (Kind::Integer | Kind::Decimal, _) => Err(GatewayError::invalid_request(format!(
+            "Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {} instead.",
+            v.to_value()
+        ))
+        .with_param(field)
+        .with_code("integer_below_min_value")),
+        _ => Err(invalid_type(field, "an integer", v)),
     }
 }
 
-fn invalid_type(field: &str, expected: &str, got: &Value) -> GatewayError {
+fn invalid_type(field: &str, expected: &str, got: impl Into<Kind>) -> GatewayError {
     GatewayError::invalid_request(format!(
         "Invalid type for '{field}': expected {expected}, but got {} instead.",
-        type_name(got)
+        got.into().described()
     ))
     .with_param(field)
     .with_code("invalid_type")
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a decimal",
-        Value::Number(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -475,8 +449,11 @@ mod tests {
         assert_eq!(r.body["messages"][0]["content"], "café");
         let _ = r.body.get("model");
         assert!(r.body.raw().is_some(), "reading keeps the bytes");
+        assert_eq!(r.body.field("model").and_then(Json::as_str), Some("m"));
         r.body.insert("model".into(), "other".into());
         assert!(r.body.raw().is_none(), "a change lets them go");
+        assert_eq!(r.body.field("model").and_then(Json::as_str), Some("other"), "reads see the change");
+        assert_eq!(r.body.json().get("messages").unwrap().items().count(), 1);
         let now: Value = serde_json::from_slice(&r.body.to_bytes()).unwrap();
         assert_eq!(now["model"], "other");
         assert_eq!(now["messages"][0]["content"], "café");

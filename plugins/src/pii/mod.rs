@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_core::ctx::Endpoint;
+use sluice_core::json::{Json, Kind as JsonKind};
 use sluice_core::wire::Request;
 use sluice_core::{Flow, GatewayError, Plugin, RequestCtx};
 
@@ -281,11 +282,13 @@ const FIELDS: [&str; 4] = ["messages", "system", "prompt", "input"];
 impl Pii {
     /// Whether no string of `v` that [`Redactor::value`] would scan has a candidate match (a
     /// failed scan is not clean: the redacting pass then meets the failure and refuses).
-    fn clean(&self, v: &Value) -> bool {
-        match v {
-            Value::String(s) => matches!(self.scanner.detect(s.as_bytes()), Ok(false)),
-            Value::Array(items) => items.iter().all(|i| self.clean(i)),
-            Value::Object(map) => map.iter().all(|(k, v)| !is_text_field(k) || self.clean(v)),
+    fn clean(&self, v: Json<'_>) -> bool {
+        match v.kind() {
+            JsonKind::String => {
+                v.as_str().is_some_and(|s| matches!(self.scanner.detect(s.as_bytes()), Ok(false)))
+            }
+            JsonKind::Array => v.items().all(|i| self.clean(i)),
+            JsonKind::Object => v.entries().all(|(k, v)| !is_text_field(k) || self.clean(v)),
             _ => true,
         }
     }
@@ -312,7 +315,7 @@ impl Plugin for Pii {
         };
         // Most requests carry nothing to find: a read-only pass first leaves the body untouched, so
         // it goes upstream as the client's own bytes. Only a body with a candidate is walked mutably.
-        let clean = FIELDS.iter().all(|f| request.body.get(*f).is_none_or(|v| self.clean(v)));
+        let clean = FIELDS.iter().all(|f| request.body.field(f).is_none_or(|v| self.clean(v)));
         if !clean {
             for field in FIELDS {
                 if let Some(v) = request.body.get_mut(field) {

@@ -18,6 +18,7 @@ use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use serde_json::Value;
 use sluice_core::ctx::{Endpoint, TargetFacts};
+use sluice_core::json::Json;
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, GatewayError, Usage};
 
@@ -238,9 +239,9 @@ async fn attempt(
         Transport::Mock(_) => true,
     };
     let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
-    let had_options = request.body.contains_key("stream_options");
+    let had_options = request.body.field("stream_options").is_some();
     // Touched only when it changes: an untouched body goes upstream as the client's own bytes.
-    let renamed = request.body.get("model").and_then(Value::as_str) != Some(target.upstream_model.as_str());
+    let renamed = request.body.field("model").and_then(Json::as_str) != Some(target.upstream_model.as_str());
     if renamed {
         request.body.insert("model".into(), Value::String(target.upstream_model.clone()));
     }
