@@ -112,12 +112,12 @@ impl Doc {
     }
 
     fn repeats_a_key(&self, object: usize) -> bool {
-        let keys: Vec<&str> = Json(Repr::Doc(self, object)).entries().map(|(k, _)| k).collect();
-        if keys.len() <= PAIRWISE_KEYS {
-            keys.iter().enumerate().any(|(i, k)| keys[i + 1..].contains(k))
+        let keys = || Json(Repr::Doc(self, object)).entries().map(|(k, _)| k);
+        if keys().nth(PAIRWISE_KEYS).is_none() {
+            keys().enumerate().any(|(i, k)| keys().skip(i + 1).any(|later| later == k))
         } else {
-            let mut seen = std::collections::HashSet::with_capacity(keys.len());
-            !keys.into_iter().all(|k| seen.insert(k))
+            let mut seen = std::collections::HashSet::new();
+            !keys().all(|k| seen.insert(k))
         }
     }
 

@@ -34,5 +34,5 @@ pub mod wire;
 
 pub use ctx::{Endpoint, Identity, RequestCtx, Residency};
 pub use error::{ErrorKind, GatewayError};
-pub use plugin::{Flow, Plugin, Reply};
+pub use plugin::{Flow, Phases, Plugin, Reply};
 pub use usage::Usage;

@@ -27,10 +27,30 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// The async phases a plugin acts in ([`Plugin::phases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    pub headers: bool,
+    pub request: bool,
+    pub complete: bool,
+}
+
+impl Phases {
+    pub const ALL: Phases = Phases { headers: true, request: true, complete: true };
+    pub const NONE: Phases = Phases { headers: false, request: false, complete: false };
+}
+
 #[async_trait]
 pub trait Plugin: Send + Sync {
     /// The plugin's name: also its config table, metric label, log field and error-code prefix.
     fn name(&self) -> &'static str;
+
+    /// The async phases this plugin implements; the engine calls [`Plugin::on_headers`],
+    /// [`Plugin::on_request`] and [`Plugin::on_complete`] only on the plugins that declare them
+    /// (each call allocates its future). The default declares all three.
+    fn phases(&self) -> Phases {
+        Phases::ALL
+    }
 
     /// Runs once per request on the headers alone, before the body is read: who is calling, and may
     /// they send a body at all. `Err` rejects the request without reading its body.

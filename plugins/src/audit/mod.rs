@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use sluice_core::ctx::Endpoint;
 use sluice_core::wire::Request;
-use sluice_core::{Flow, GatewayError, Plugin, RequestCtx};
+use sluice_core::{Flow, GatewayError, Phases, Plugin, RequestCtx};
 
 pub const NAME: &str = "audit";
 
@@ -87,6 +87,10 @@ pub fn content(body: &serde_json::Map<String, serde_json::Value>, max: usize) ->
 impl Plugin for Audit {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: false, request: true, complete: false }
     }
 
     async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {

@@ -26,7 +26,7 @@ use sluice_core::calendar::{DAY_US, date, month_of, unix_us};
 use sluice_core::ctx::Endpoint;
 use sluice_core::money::Micros;
 use sluice_core::wire::Request;
-use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
+use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Phases, Plugin, RequestCtx};
 
 pub use config::{Budget, BudgetsConfig};
 
@@ -231,6 +231,10 @@ fn percent(spent: Micros, cap: Micros) -> u64 {
 impl Plugin for Budgets {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: false, request: true, complete: true }
     }
 
     async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {

@@ -20,7 +20,7 @@ use sluice_core::ctx::Endpoint;
 use sluice_core::keys::KeyStore;
 use sluice_core::secret::Secret;
 use sluice_core::wire::Request;
-use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
+use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Phases, Plugin, RequestCtx};
 
 pub use config::{KeyConfig, KeysConfig};
 
@@ -118,6 +118,10 @@ impl Keys {
 impl Plugin for Keys {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: true, request: true, complete: false }
     }
 
     async fn on_headers(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {

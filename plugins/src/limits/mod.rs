@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use sluice_core::ctx::Endpoint;
 use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, Timer};
 use sluice_core::wire::Request;
-use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Plugin, RequestCtx};
+use sluice_core::{ErrorKind, Flow, GatewayError, Identity, Phases, Plugin, RequestCtx};
 
 pub use config::{Burst, BurstConfig, FailMode, LimitsConfig, Rate};
 
@@ -196,6 +196,10 @@ impl Limits {
 impl Plugin for Limits {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: false, request: true, complete: true }
     }
 
     async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {

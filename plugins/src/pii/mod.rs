@@ -27,7 +27,7 @@ use serde_json::Value;
 use sluice_core::ctx::Endpoint;
 use sluice_core::json::{Json, Kind as JsonKind};
 use sluice_core::wire::Request;
-use sluice_core::{Flow, GatewayError, Plugin, RequestCtx};
+use sluice_core::{Flow, GatewayError, Phases, Plugin, RequestCtx};
 
 use scanner::{Found, Kind, Scanner};
 
@@ -298,6 +298,10 @@ impl Pii {
 impl Plugin for Pii {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: false, request: true, complete: false }
     }
 
     async fn on_request(&self, ctx: &mut RequestCtx, request: &mut Request) -> Result<Flow, GatewayError> {

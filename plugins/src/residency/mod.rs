@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::Deserialize;
 use sluice_core::wire::Request;
-use sluice_core::{ErrorKind, Flow, GatewayError, Plugin, RequestCtx, Residency};
+use sluice_core::{ErrorKind, Flow, GatewayError, Phases, Plugin, RequestCtx, Residency};
 
 pub const NAME: &str = "residency";
 
@@ -71,6 +71,10 @@ fn intersect(a: Option<&Vec<String>>, b: Option<&Vec<String>>) -> Option<Vec<Str
 impl Plugin for ResidencyPlugin {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { headers: false, request: true, complete: false }
     }
 
     async fn on_request(&self, ctx: &mut RequestCtx, _request: &mut Request) -> Result<Flow, GatewayError> {

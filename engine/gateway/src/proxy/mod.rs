@@ -185,7 +185,7 @@ impl ProxyHttp for Worker {
         if let Some(error) = &ctx.error {
             ctx.core.error_code = Some(error.code.unwrap_or(error.kind.label()).to_owned());
         }
-        for plugin in &self.plugins {
+        for plugin in self.plugins.iter().filter(|p| p.phases().complete) {
             plugin.on_complete(&ctx.core).await;
         }
         record::record(self, session, e, ctx);
@@ -283,7 +283,7 @@ impl Gateway {
             .get("x-gateway-region")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        for plugin in &self.plugins {
+        for plugin in self.plugins.iter().filter(|p| p.phases().headers) {
             plugin.on_headers(&mut ctx.core).await?;
         }
         let mut request = if endpoint == Endpoint::Models {
@@ -298,7 +298,7 @@ impl Gateway {
         };
         ctx.core.model = (!request.model.is_empty()).then(|| request.model.clone());
         ctx.core.stream = request.stream;
-        for plugin in &self.plugins {
+        for plugin in self.plugins.iter().filter(|p| p.phases().request) {
             match plugin.on_request(&mut ctx.core, &mut request).await? {
                 Flow::Continue => {}
                 Flow::Respond(reply) => {
