@@ -1,6 +1,7 @@
 //! The end-to-end load benchmark: the same fixed request rate sent straight to a fast mock upstream,
-//! through Sluice, and through nginx's plain `proxy_pass`; prints latency percentiles, the gateway's
-//! overhead and CPU time per request.
+//! through Sluice, through plain Pingora and through nginx's plain `proxy_pass`, the paths taking
+//! turns in 2-second slices (so a shared machine's changing load falls on all alike); prints latency
+//! percentiles, the gateway's overhead and CPU time per request.
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
@@ -38,6 +39,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 const KEY: &str = "sk-sluice-load-key";
+
+/// Seconds each path is driven for before the next takes its turn.
+const SLICE: u64 = 2;
 
 struct Args {
     rate: u64,
@@ -348,9 +352,16 @@ fn start_nginx(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Proc> {
         .spawn()
         .ok()?;
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(300));
+    // Its CPU is its workers': wait until both are there (a loaded machine may take a while).
     let mut pids = vec![pid];
-    pids.extend(children(pid));
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let workers = children(pid);
+        if workers.len() >= 2 {
+            pids.extend(workers);
+            break;
+        }
+    }
     Some(Proc(child, pids))
 }
 
@@ -409,12 +420,42 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+#[derive(Default)]
 struct Run {
     latencies: Vec<Duration>,
     overheads_us: Vec<u64>,
     errors: usize,
-    cpu_us_per_request: Option<f64>,
-    switches_per_request: Option<f64>,
+    /// Requests sent, and the processes' CPU ticks and context switches over them (when measured).
+    requests: u64,
+    ticks: Option<u64>,
+    switches: Option<u64>,
+}
+
+impl Run {
+    /// Adds another slice of the same target.
+    fn absorb(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.overheads_us.extend(other.overheads_us);
+        self.errors += other.errors;
+        self.requests += other.requests;
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.ticks = add(self.ticks, other.ticks);
+        self.switches = add(self.switches, other.switches);
+    }
+
+    /// `None` when not measured, or when no CPU time showed at all (the processes were not found).
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let ticks = self.ticks.filter(|t| *t > 0)?;
+        Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / self.requests.max(1) as f64)
+    }
+
+    fn switches_per_request(&self) -> Option<f64> {
+        self.cpu_us_per_request()?;
+        Some(self.switches? as f64 / self.requests.max(1) as f64)
+    }
 }
 
 async fn wait_up(client: &reqwest::Client, url: &str) {
@@ -470,13 +511,7 @@ async fn drive(
             (sent.elapsed(), ok)
         }));
     }
-    let mut run = Run {
-        latencies: Vec::new(),
-        overheads_us: Vec::new(),
-        errors: 0,
-        cpu_us_per_request: None,
-        switches_per_request: None,
-    };
+    let mut run = Run { requests: total, ..Run::default() };
     for t in tasks {
         let (latency, ok) = t.await.unwrap();
         match ok {
@@ -488,9 +523,8 @@ async fn drive(
         }
     }
     if !pids.is_empty() {
-        let ticks = cpu_ticks(pids) - ticks_before;
-        run.cpu_us_per_request = Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / total as f64);
-        run.switches_per_request = Some((context_switches(pids) - switches_before) as f64 / total as f64);
+        run.ticks = Some(cpu_ticks(pids) - ticks_before);
+        run.switches = Some(context_switches(pids) - switches_before);
     }
     run
 }
@@ -622,21 +656,30 @@ async fn main() {
         finish([Some(sluice), pingora, nginx], args.governance, &dir, counted);
     }
     println!(
-        "load: {} req/s for {} s, {} body of {} bytes, {} cores",
+        "load: {} req/s for {} s per path (in turns of {} s), {} body of {} bytes, {} cores",
         args.rate,
         args.seconds,
+        SLICE.min(args.seconds),
         if args.stream { "streaming" } else { "JSON" },
         body.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let mut results = Vec::new();
-    for (name, url, pids) in &targets {
+    for (_, url, _) in &targets {
         // Warm-up: connections, caches, allocator.
         drive(&client, url, body.clone(), args.rate, 1, &[]).await;
-        let mut run = drive(&client, url, body.clone(), args.rate, args.seconds, pids).await;
+    }
+    // The paths take turns in slices of SLICE seconds, so that a change in the load of a shared
+    // machine falls on all of them alike instead of on whichever ran last.
+    let mut results: Vec<(&str, Run)> = targets.iter().map(|(name, ..)| (*name, Run::default())).collect();
+    let slice = SLICE.min(args.seconds);
+    for _ in 0..args.seconds.div_ceil(slice) {
+        for ((_, url, pids), (_, run)) in targets.iter().zip(results.iter_mut()) {
+            run.absorb(drive(&client, url, body.clone(), args.rate, slice, pids).await);
+        }
+    }
+    for (_, run) in &mut results {
         run.latencies.sort();
         run.overheads_us.sort();
-        results.push((*name, run));
     }
     println!("\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request | context switches/request |");
     println!("|---|---|---|---|---|---|---|");
@@ -651,8 +694,8 @@ async fn main() {
             ms(pct(&run.latencies, 0.95)),
             ms(pct(&run.latencies, 0.99)),
             run.errors,
-            run.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}")),
-            run.switches_per_request.map_or("-".into(), |c| format!("{c:.2}"))
+            run.cpu_us_per_request().map_or("-".into(), |c| format!("{c:.1}")),
+            run.switches_per_request().map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
     let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, r)| r);
@@ -674,7 +717,7 @@ async fn main() {
         println!("target: overhead p99 < 1 ms: {}", if pass { "PASS" } else { "FAIL" });
     }
     if let (Some(n), Some(s)) =
-        (get("nginx").and_then(|r| r.cpu_us_per_request), sluice_run.cpu_us_per_request)
+        (get("nginx").and_then(Run::cpu_us_per_request), sluice_run.cpu_us_per_request())
     {
         let ratio = s / n.max(0.1);
         let pass = ratio <= 2.0;
@@ -684,7 +727,9 @@ async fn main() {
             if pass { "PASS" } else { "FAIL" }
         );
     } else {
-        println!("nginx not found: CPU comparison skipped (scripts/bench-load installs it)");
+        println!(
+            "nginx not found or its CPU not measured: CPU comparison skipped (scripts/bench-load installs it)"
+        );
     }
     finish([Some(sluice), pingora, nginx], args.governance, &dir, ok);
 }
