@@ -83,7 +83,7 @@ pub(crate) mod test_support {
     /// A request context whose caller is key `k` of org `acme`, team `team`, app `checkout`.
     pub fn ctx(team: &str) -> RequestCtx {
         let mut c = RequestCtx::new("r".into());
-        c.identity = Some(Identity {
+        c.identity = Some(std::sync::Arc::new(Identity {
             key_id: "k".into(),
             org: "acme".into(),
             team: team.into(),
@@ -92,7 +92,7 @@ pub(crate) mod test_support {
             allowed_models: None,
             allowed_regions: None,
             tags: Vec::new(),
-        });
+        }));
         c
     }
 

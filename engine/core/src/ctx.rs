@@ -110,7 +110,8 @@ pub struct RequestCtx {
     pub endpoint: Option<Endpoint>,
     /// The gateway key as presented (`Authorization: Bearer`, `x-api-key` or `api-key`).
     pub credential: Option<String>,
-    pub identity: Option<Identity>,
+    /// Who is calling; shared with the key cache it came from (not copied per request).
+    pub identity: Option<std::sync::Arc<Identity>>,
     /// The model alias the client asked for.
     pub model: Option<String>,
     pub stream: bool,

@@ -29,7 +29,7 @@ pub const NAME: &str = "keys";
 type KeyHash = [u8; 32];
 
 pub struct Keys {
-    by_hash: HashMap<KeyHash, Identity>,
+    by_hash: HashMap<KeyHash, Arc<Identity>>,
     managed: Option<Arc<dyn KeyStore>>,
     /// The clock keys expire by (tests move it).
     now: fn() -> SystemTime,
@@ -63,7 +63,7 @@ impl Keys {
                 allowed_regions: k.regions.clone(),
                 tags: k.tags.clone(),
             };
-            if by_hash.insert(hash, identity).is_some() {
+            if by_hash.insert(hash, Arc::new(identity)).is_some() {
                 return Err(format!("key[{i}]: the same key is declared twice"));
             }
         }
@@ -134,8 +134,8 @@ impl Plugin for Keys {
         };
         let hash = hash_key(presented);
         let identity = match self.by_hash.get(&hash) {
-            Some(identity) => identity.clone(),
-            None => self.managed(&hash, presented).await?,
+            Some(identity) => Arc::clone(identity),
+            None => Arc::new(self.managed(&hash, presented).await?),
         };
         ctx.identity = Some(identity);
         Ok(())

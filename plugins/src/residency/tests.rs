@@ -5,7 +5,7 @@ use crate::test_support::block_on;
 
 fn ctx(regions: Option<Vec<&str>>, tags: &[&str], hint: Option<&str>) -> RequestCtx {
     let mut c = crate::test_support::ctx("t");
-    if let Some(who) = c.identity.as_mut() {
+    if let Some(who) = c.identity.as_mut().map(std::sync::Arc::make_mut) {
         who.allowed_regions = regions.map(|r| r.into_iter().map(str::to_owned).collect());
         who.tags = tags.iter().map(|t| (*t).to_owned()).collect();
     }

@@ -129,6 +129,11 @@ impl ProxyHttp for Worker {
         }
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // None. Pingora's default adds a response-compression module (disabled), which still
+        // allocates its state and runs its filters on every request; Sluice compresses nothing.
+    }
+
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
         ctx.core.started = Instant::now();
         ctx.core.received_at = std::time::SystemTime::now();
