@@ -276,21 +276,33 @@ fn is_text_field(key: &str) -> bool {
     )
 }
 
+/// The strings of `v` that [`Redactor::value`] scans.
+fn texts_of<'a>(v: Json<'a>, out: &mut Vec<&'a str>) {
+    match v.kind() {
+        JsonKind::String => out.extend(v.as_str()),
+        JsonKind::Array => v.items().for_each(|i| texts_of(i, out)),
+        JsonKind::Object => {
+            v.entries().filter(|(k, _)| is_text_field(k)).for_each(|(_, v)| texts_of(v, out));
+        }
+        _ => {}
+    }
+}
+
 /// The scanned fields of a request body.
 const FIELDS: [&str; 4] = ["messages", "system", "prompt", "input"];
 
 impl Pii {
-    /// Whether no string of `v` that [`Redactor::value`] would scan has a candidate match (a
-    /// failed scan is not clean: the redacting pass then meets the failure and refuses).
-    fn clean(&self, v: Json<'_>) -> bool {
-        match v.kind() {
-            JsonKind::String => {
-                v.as_str().is_some_and(|s| matches!(self.scanner.detect(s.as_bytes()), Ok(false)))
+    /// Whether no string of the request that [`Redactor::value`] would scan has a candidate
+    /// match, in one scan (a failed scan is not clean: the redacting pass then meets the failure
+    /// and refuses).
+    fn clean(&self, body: Json<'_>) -> bool {
+        let mut texts = Vec::new();
+        for field in FIELDS {
+            if let Some(v) = body.get(field) {
+                texts_of(v, &mut texts);
             }
-            JsonKind::Array => v.items().all(|i| self.clean(i)),
-            JsonKind::Object => v.entries().all(|(k, v)| !is_text_field(k) || self.clean(v)),
-            _ => true,
         }
+        texts.is_empty() || matches!(self.scanner.detect_all(texts.into_iter()), Ok(false))
     }
 }
 
@@ -319,7 +331,7 @@ impl Plugin for Pii {
         };
         // Most requests carry nothing to find: a read-only pass first leaves the body untouched, so
         // it goes upstream as the client's own bytes. Only a body with a candidate is walked mutably.
-        let clean = FIELDS.iter().all(|f| request.body.field(f).is_none_or(|v| self.clean(v)));
+        let clean = self.clean(request.body.json());
         if !clean {
             for field in FIELDS {
                 if let Some(v) = request.body.get_mut(field) {

@@ -37,12 +37,20 @@ pub struct Scanner {
     pattern_kind: Vec<usize>,
     detect: BlockDatabase,
     locate: BlockDatabase,
+    /// No pattern anchors to the start or end of a text (`^`, `$`, `\A`, `\z`, `\Z`), so a scan of
+    /// several texts joined by newlines finds a candidate wherever a scan of each alone would.
+    joinable: bool,
 }
 
 thread_local! {
     /// Per thread, per scanner: scratch for the detect and the locate databases.
     static SCRATCH: RefCell<HashMap<u64, (Scratch, Scratch)>> = RefCell::new(HashMap::new());
+    /// Per thread: the texts of one [`Scanner::detect_all`] call, joined.
+    static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Joined texts up to this size reuse the thread's buffer; a larger one is let go after its scan.
+const JOINED_KEPT: usize = 64 * 1024;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -103,8 +111,10 @@ impl Scanner {
         let mut locate = Vec::new();
         let mut pattern_kind = Vec::new();
         let mut out_kinds = Vec::new();
+        let mut joinable = true;
         for (k, patterns) in kinds {
             for expr in patterns {
+                joinable &= !anchored(&expr);
                 let id = pattern_kind.len();
                 let mut d = Pattern::with_flags(expr.clone(), CompileFlags::SINGLEMATCH)
                     .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
@@ -128,6 +138,45 @@ impl Scanner {
             pattern_kind,
             detect,
             locate,
+            joinable,
+        })
+    }
+
+    /// Whether any pattern matches somewhere in any of `texts`, before validation: [`detect`]
+    /// over many texts, in one scan when the patterns allow it (each scan has a cost of its own,
+    /// and a request's messages are several short texts). A joined scan may also report a
+    /// candidate spanning two texts; callers treat a candidate as "look closer", never as a find.
+    ///
+    /// [`detect`]: Scanner::detect
+    pub fn detect_all<'t>(&self, texts: impl Iterator<Item = &'t str>) -> Result<bool, String> {
+        if !self.joinable {
+            for text in texts {
+                if self.detect(text.as_bytes())? {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        if injected("pii_scan") {
+            return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
+        }
+        JOINED.with(|cell| {
+            let mut own = Vec::new();
+            let mut kept = cell.try_borrow_mut();
+            let joined = match kept.as_deref_mut() {
+                Ok(buffer) => buffer,
+                Err(_) => &mut own,
+            };
+            joined.clear();
+            for text in texts {
+                joined.extend_from_slice(text.as_bytes());
+                joined.push(b'\n');
+            }
+            let hit = self.with_scratch(|d, _| self.detect_in(joined, d));
+            if joined.capacity() > JOINED_KEPT {
+                *joined = Vec::new();
+            }
+            hit
         })
     }
 
@@ -206,6 +255,12 @@ impl Scanner {
             Ok(kept)
         })
     }
+}
+
+/// Whether a pattern may anchor to the start or end of the scanned text: `^`, `$` (also inside
+/// a class, to stay on the safe side), `\A`, `\z`, `\Z`.
+fn anchored(expr: &str) -> bool {
+    expr.contains(['^', '$']) || ["\\A", "\\z", "\\Z"].iter().any(|a| expr.contains(a))
 }
 
 /// Debug builds only: `SLUICE_FAULTS=pii_scan` makes every scan fail (`pii_answer_scan`: scans of

@@ -137,3 +137,33 @@ fn an_answer_tail_that_may_start_a_value_is_held_back_and_released_once_whole() 
     let n = p.on_answer_text(&mut ctx, &mut text, true).unwrap();
     assert_eq!((n, text.as_str()), (13, "card [CARD_1]"));
 }
+
+#[test]
+fn one_scan_of_all_texts_finds_what_a_scan_of_each_finds() {
+    let p = pii();
+    let s = p.scanner();
+    let clean = ["You are a helpful assistant.", "Where is my order 4411?", ""];
+    assert!(!s.detect_all(clean.iter().copied()).unwrap());
+    // Every corpus sample, behind clean texts: a candidate wherever the sample alone has one.
+    for (_, text, _) in CORPUS {
+        let alone = s.detect(text.as_bytes()).unwrap();
+        let joined = s.detect_all(clean.iter().copied().chain([*text, "and then some"])).unwrap();
+        assert!(joined || !alone, "{text:?}");
+    }
+}
+
+#[test]
+fn patterns_anchored_to_a_text_are_still_found_in_every_message() {
+    let mut config = PiiConfig::default();
+    config.custom.insert(
+        "badge".into(),
+        CustomKind { pattern: r"^B-\d{4}$".into(), action: Action::Redact, token: None },
+    );
+    let p = Pii::new(&config).unwrap();
+    let mut r = request(
+        r#"{"model":"m","messages":[{"role":"user","content":"hello"},{"role":"user","content":"B-1234"}]}"#,
+    );
+    block_on(p.on_request(&mut ctx("t"), &mut r)).unwrap();
+    assert_eq!(r.body["messages"][1]["content"], "[BADGE_1]");
+    assert_eq!(r.body["messages"][0]["content"], "hello");
+}
