@@ -112,13 +112,19 @@ impl Doc {
     }
 
     fn repeats_a_key(&self, object: usize) -> bool {
-        let keys = || Json(Repr::Doc(self, object)).entries().map(|(k, _)| k);
-        if keys().nth(PAIRWISE_KEYS).is_none() {
-            keys().enumerate().any(|(i, k)| keys().skip(i + 1).any(|later| later == k))
-        } else {
-            let mut seen = std::collections::HashSet::new();
-            !keys().all(|k| seen.insert(k))
+        let entries = || Json(Repr::Doc(self, object)).entries();
+        let mut keys = [""; PAIRWISE_KEYS];
+        let mut n = 0;
+        for (k, _) in entries() {
+            let Some(slot) = keys.get_mut(n) else {
+                let mut seen = std::collections::HashSet::new();
+                return !entries().all(|(k, _)| seen.insert(k));
+            };
+            *slot = k;
+            n += 1;
         }
+        let keys = &keys[..n];
+        keys.iter().enumerate().any(|(i, k)| keys[i + 1..].contains(k))
     }
 
     /// Nodes taken by the value at `at`, itself included.
@@ -169,6 +175,18 @@ impl<'a> Json<'a> {
             Repr::Value(v) => v.get(key).map(Json::from),
             Repr::Object(m) => m.get(key).map(Json::from),
         }
+    }
+
+    /// The values of several keys of an object, found in one pass over it (the last value of a
+    /// repeated key), in the order of `keys`.
+    pub fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Json<'a>>; N] {
+        let mut found = [None; N];
+        for (k, v) in self.entries() {
+            if let Some(i) = keys.iter().position(|key| *key == k) {
+                found[i] = Some(v);
+            }
+        }
+        found
     }
 
     pub fn as_str(self) -> Option<&'a str> {
@@ -419,6 +437,9 @@ mod tests {
         let keys: Vec<&str> = root.entries().map(|(k, _)| k).collect();
         assert_eq!(keys, ["s", "n", "b", "o", "last", "last"]);
         assert!(root.get("missing").is_none());
+        let [last, missing, s] = root.fields(["last", "missing", "s"]);
+        assert_eq!((last.and_then(Json::as_str), missing.is_none()), (Some("y"), true));
+        assert_eq!(s.and_then(Json::as_str), Some("café \"q\""));
         assert_eq!(root.get("s").unwrap().items().count(), 0, "a string has no items");
         // The same reads through serde_json values.
         let v = Json::from(&expected);

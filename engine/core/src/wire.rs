@@ -154,8 +154,30 @@ impl Request {
     }
 
     fn from_body(endpoint: Endpoint, body: Body) -> Result<Self, GatewayError> {
-        let json = body.json();
-        let model = match json.get("model") {
+        let [
+            model,
+            messages,
+            max_tokens,
+            max_completion_tokens,
+            stream,
+            stream_options,
+            n,
+            user,
+            prompt,
+            input,
+        ] = body.json().fields([
+            "model",
+            "messages",
+            "max_tokens",
+            "max_completion_tokens",
+            "stream",
+            "stream_options",
+            "n",
+            "user",
+            "prompt",
+            "input",
+        ]);
+        let model = match model {
             None => "",
             Some(m) if m.is_null() => "",
             Some(m) => m.as_str().ok_or_else(|| invalid_type("model", "a string", m))?,
@@ -167,24 +189,24 @@ impl Request {
         }
         let model = model.to_owned();
         match endpoint {
-            Endpoint::ChatCompletions => check_messages(json)?,
+            Endpoint::ChatCompletions => check_messages(messages)?,
             Endpoint::Messages => {
-                check_messages(json)?;
+                check_messages(messages)?;
                 // Anthropic requires max_tokens; say so the way Anthropic does.
-                if json.get("max_tokens").and_then(Json::as_u64).is_none() {
+                if max_tokens.and_then(Json::as_u64).is_none() {
                     return Err(GatewayError::invalid_request("max_tokens: Field required")
                         .with_param("max_tokens")
                         .with_code("missing_required_parameter"));
                 }
             }
-            Endpoint::Completions => check_text_input(json, "prompt")?,
-            Endpoint::Embeddings => check_text_input(json, "input")?,
+            Endpoint::Completions => check_text_input(prompt, "prompt")?,
+            Endpoint::Embeddings => check_text_input(input, "input")?,
             Endpoint::Models => {}
         }
-        let stream = optional_bool(json, "stream")?.unwrap_or(false);
+        let stream = optional_bool(stream, "stream")?.unwrap_or(false);
         // Anthropic streams always carry usage; only OpenAI clients opt in.
         let wants_stream_usage = endpoint == Endpoint::Messages
-            || match json.get("stream_options").filter(|o| !o.is_null()) {
+            || match stream_options.filter(|o| !o.is_null()) {
                 None => false,
                 Some(o) if o.kind() == Kind::Object => {
                     if !stream {
@@ -194,21 +216,16 @@ impl Request {
                         .with_param("stream_options")
                         .with_code("invalid_value"));
                     }
-                    optional_bool(o, "include_usage")
-                        .map_err(|_| {
-                            let got = o.get("include_usage").map_or(Kind::Null, Json::kind);
-                            invalid_type("stream_options.include_usage", "a boolean", got)
-                        })?
-                        .unwrap_or(false)
+                    optional_bool(o.get("include_usage"), "stream_options.include_usage")?.unwrap_or(false)
                 }
                 Some(other) => return Err(invalid_type("stream_options", "an object", other)),
             };
-        let max_output_tokens = match optional_count(json, "max_completion_tokens")? {
+        let max_output_tokens = match optional_count(max_completion_tokens, "max_completion_tokens")? {
             Some(n) => Some(n),
-            None => optional_count(json, "max_tokens")?,
+            None => optional_count(max_tokens, "max_tokens")?,
         };
-        optional_count(json, "n")?;
-        let user = match json.get("user").filter(|u| !u.is_null()) {
+        optional_count(n, "n")?;
+        let user = match user.filter(|u| !u.is_null()) {
             None => None,
             Some(u) => Some(u.as_str().ok_or_else(|| invalid_type("user", "a string", u))?.to_owned()),
         };
@@ -345,8 +362,8 @@ fn text_chars(v: Json<'_>) -> usize {
     }
 }
 
-fn check_messages(body: Json<'_>) -> Result<(), GatewayError> {
-    let Some(messages) = body.get("messages").filter(|m| !m.is_null()) else {
+fn check_messages(messages: Option<Json<'_>>) -> Result<(), GatewayError> {
+    let Some(messages) = messages.filter(|m| !m.is_null()) else {
         return Err(GatewayError::invalid_request("Missing required parameter: 'messages'.")
             .with_param("messages")
             .with_code("missing_required_parameter"));
@@ -391,8 +408,8 @@ fn check_messages(body: Json<'_>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn check_text_input(body: Json<'_>, field: &str) -> Result<(), GatewayError> {
-    match body.get(field).map_or(Kind::Null, Json::kind) {
+fn check_text_input(input: Option<Json<'_>>, field: &str) -> Result<(), GatewayError> {
+    match input.map_or(Kind::Null, Json::kind) {
         Kind::Null => Err(GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
             .with_param(field)
             .with_code("missing_required_parameter")),
@@ -401,16 +418,16 @@ fn check_text_input(body: Json<'_>, field: &str) -> Result<(), GatewayError> {
     }
 }
 
-fn optional_bool(body: Json<'_>, field: &str) -> Result<Option<bool>, GatewayError> {
-    match body.get(field).filter(|v| !v.is_null()) {
+fn optional_bool(v: Option<Json<'_>>, field: &str) -> Result<Option<bool>, GatewayError> {
+    match v.filter(|v| !v.is_null()) {
         None => Ok(None),
         Some(v) => v.as_bool().map(Some).ok_or_else(|| invalid_type(field, "a boolean", v)),
     }
 }
 
 /// A positive integer field (`max_tokens`, `n`).
-fn optional_count(body: Json<'_>, field: &str) -> Result<Option<u64>, GatewayError> {
-    let Some(v) = body.get(field).filter(|v| !v.is_null()) else { return Ok(None) };
+fn optional_count(v: Option<Json<'_>>, field: &str) -> Result<Option<u64>, GatewayError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
     match (v.kind(), v.as_u64()) {
         (Kind::Integer, Some(n)) if n >= 1 => Ok(Some(n)),
         (Kind::Integer | Kind::Decimal, _) => Err(GatewayError::invalid_request(format!(
