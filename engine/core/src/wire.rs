@@ -101,6 +101,13 @@ impl DerefMut for Body {
     }
 }
 
+/// The body as it stands, as JSON (what goes upstream when it is serialized again).
+impl serde::Serialize for Body {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
 impl PartialEq for Body {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
@@ -472,6 +479,7 @@ mod tests {
         assert_eq!(r.body.field("model").and_then(Json::as_str), Some("other"), "reads see the change");
         assert_eq!(r.body.json().get("messages").unwrap().items().count(), 1);
         let now: Value = serde_json::from_slice(&r.body.to_bytes()).unwrap();
+        assert_eq!(serde_json::to_value(&r.body).unwrap(), now, "a body serializes as it stands");
         assert_eq!(now["model"], "other");
         assert_eq!(now["messages"][0]["content"], "café");
     }
