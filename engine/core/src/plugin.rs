@@ -37,7 +37,6 @@ pub struct Phases {
 
 impl Phases {
     pub const ALL: Phases = Phases { headers: true, request: true, complete: true };
-    pub const NONE: Phases = Phases { headers: false, request: false, complete: false };
 }
 
 #[async_trait]
