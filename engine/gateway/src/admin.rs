@@ -140,7 +140,8 @@ impl AdminApi {
         let done = db
             .with(std::time::Duration::from_secs(5), async |c| {
                 let tx = c.transaction().await?;
-                crate::audit::append(&tx, vec![entry], false).await?;
+                let statements = crate::audit::Statements::prepare(&tx).await?;
+                crate::audit::append(&tx, &statements, vec![entry], false).await?;
                 tx.commit().await
             })
             .await;

@@ -5,16 +5,15 @@
 //! actions are appended by the admin API. Each day is one chain: a row's `hash` is the SHA-256 of
 //! its content (the [`Entry`] below, serialized with its fields in this order) including the
 //! previous row's hash, and `seq` counts from 1. Appending takes a per-day advisory lock, so
-//! instances never fork a chain; rows already present (a replay) are skipped by record id.
+//! instances never fork a chain. A replayed batch appends nothing twice: the writer chains only the
+//! records its insert newly stored (a record's id is unique in its day's chain as well).
 //! `sluice audit verify` recomputes every chain and names the first broken link.
-
-use std::collections::HashSet;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_core::calendar::date;
 use sluice_core::record::CostRecord;
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 
 /// Advisory locks of the days' chains: `AUDIT_LOCK + day`.
 const AUDIT_LOCK: i64 = 0x5A5A_0000_0000;
@@ -179,11 +178,44 @@ pub(crate) fn genesis(day: &str) -> String {
     format!("sluice-audit-genesis-{day}")
 }
 
-/// Appends entries (in order) to their days' chains, skipping record ids already there.
+/// One multi-row INSERT of chained rows.
+const INSERT: &str = "INSERT INTO audit_log (day, seq, ts_us, record_id, action, request_id, org, team, app, key_id, \"user\", \
+    model, target, region, status, pii, tokens_in, tokens_out, cost_micros, detail, prev_hash, hash, \
+    request_hash, content) \
+    SELECT d::date, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h, rh, ct FROM unnest(\
+    $1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[], \
+    $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
+    $24::text[]) \
+    AS x(d, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h, rh, ct)";
+
+/// The statements that append to the chains, prepared once per connection: the ledger's writer
+/// keeps them for as long as its connection lives (parsing and planning them for every batch cost
+/// PostgreSQL more than running them); an admin action prepares them in its transaction.
+pub struct Statements {
+    lock: Statement,
+    last: Statement,
+    insert: Statement,
+}
+
+impl Statements {
+    pub async fn prepare(c: &impl GenericClient) -> Result<Self, tokio_postgres::Error> {
+        let (lock, last, insert) = futures_util::try_join!(
+            c.prepare("SELECT pg_advisory_xact_lock($1)"),
+            c.prepare("SELECT seq, hash FROM audit_log WHERE day = $1::text::date ORDER BY seq DESC LIMIT 1"),
+            c.prepare(INSERT),
+        )?;
+        Ok(Self { lock, last, insert })
+    }
+}
+
+/// Appends entries (in order) to their days' chains. Entries must be new: a record id already in
+/// its day's chain fails the insert (the caller leaves out what a replay already stored).
 /// `partitions_ready`: the caller already made sure the days' partitions exist (the ledger's writer
 /// does once per day), so no DDL runs per batch.
 pub async fn append(
     tx: &Transaction<'_>,
+    statements: &Statements,
     entries: Vec<Entry>,
     partitions_ready: bool,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -200,27 +232,11 @@ pub async fn append(
                 .await?;
             tx.execute("SELECT sluice_create_partition('audit_log', $1::text::date)", &[&day]).await?;
         }
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(AUDIT_LOCK + day_number)]).await?;
-        let mine: Vec<&Entry> = entries.iter().filter(|e| e.day == day).collect();
-        let ids: Vec<&str> = mine.iter().map(|e| e.record_id.as_str()).collect();
-        let present: HashSet<String> = tx
-            .query(
-                "SELECT record_id FROM audit_log WHERE day = $1::text::date AND record_id = ANY($2)",
-                &[&day, &ids],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let last = tx
-            .query_opt(
-                "SELECT seq, hash FROM audit_log WHERE day = $1::text::date ORDER BY seq DESC LIMIT 1",
-                &[&day],
-            )
-            .await?;
+        tx.execute(&statements.lock, &[&(AUDIT_LOCK + day_number)]).await?;
+        let last = tx.query_opt(&statements.last, &[&day]).await?;
         let (mut seq, mut prev): (i64, String) = last.map_or((0, genesis(&day)), |r| (r.get(0), r.get(1)));
         let mut rows: Vec<(Entry, String)> = Vec::new();
-        for e in mine.into_iter().filter(|e| !present.contains(&e.record_id)) {
+        for e in entries.iter().filter(|e| e.day == day) {
             seq += 1;
             let mut e = e.clone();
             e.seq = seq;
@@ -229,13 +245,17 @@ pub async fn append(
             prev = hash.clone();
             rows.push((e, hash));
         }
-        written += insert(tx, &rows).await?;
+        written += insert(tx, &statements.insert, &rows).await?;
     }
     Ok(written)
 }
 
 /// One multi-row INSERT of chained rows.
-async fn insert(tx: &Transaction<'_>, rows: &[(Entry, String)]) -> Result<u64, tokio_postgres::Error> {
+async fn insert(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    rows: &[(Entry, String)],
+) -> Result<u64, tokio_postgres::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -246,15 +266,7 @@ async fn insert(tx: &Transaction<'_>, rows: &[(Entry, String)]) -> Result<u64, t
     let status: Vec<i32> = rows.iter().map(|(e, _)| e.status).collect();
     let hashes: Vec<&str> = rows.iter().map(|(_, h)| h.as_str()).collect();
     tx.execute(
-        "INSERT INTO audit_log (day, seq, ts_us, record_id, action, request_id, org, team, app, key_id, \"user\", \
-         model, target, region, status, pii, tokens_in, tokens_out, cost_micros, detail, prev_hash, hash, \
-         request_hash, content) \
-         SELECT d::date, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h, rh, ct FROM unnest(\
-         $1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[], \
-         $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
-         $24::text[]) \
-         AS x(d, s, t, r, a, q, o, tm, ap, k, u, m, tg, rg, st, p, ti, tout, c, dt, ph, h, rh, ct)",
+        statement,
         &[
             &text(|e| e.day.clone()),
             &int(|e| e.seq),

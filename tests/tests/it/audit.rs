@@ -310,3 +310,102 @@ async fn a_sealed_export_catches_rows_removed_from_the_end_of_a_day() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("row 3 was sealed but is gone"), "{out}");
 }
+
+/// A cost record as the gateway spools it.
+fn spooled_record(n: u32) -> sluice_core::record::CostRecord {
+    let ts_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    sluice_core::record::CostRecord {
+        id: format!("rec_replay_{n}"),
+        request_id: format!("req_replay_{n}"),
+        ts_us,
+        org: Some("o".into()),
+        team: Some("t".into()),
+        app: Some("a".into()),
+        key_id: Some("k".into()),
+        user: None,
+        endpoint: "/chat/completions".into(),
+        model: Some("m".into()),
+        provider: Some("p0".into()),
+        target: Some("p0/ok".into()),
+        upstream_model: Some("ok".into()),
+        region: None,
+        status: 200,
+        error: None,
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        usage_estimated: false,
+        cost: sluice_core::money::Micros(7),
+        latency_us: 1_000,
+        attempts: 1,
+        stream: false,
+        cache: "miss".into(),
+        pii: Default::default(),
+        request_sha256: None,
+        content: None,
+    }
+}
+
+/// Waits until the spool directory holds no spool file.
+async fn wait_spool_drained(gw: &sluice_tests::gateway::TestGateway) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = std::fs::read_dir(gw.dir().join("spool"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("records.spool")))
+            .unwrap_or(false);
+        if !left {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the spool was never replayed; stderr:\n{}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_record_already_stored_gets_no_second_audit_row() {
+    let db = TestDb::create().await;
+    let mock = MockOpenAi::start().await;
+    let extra = format!("[state]\npostgres = \"{}\"\n[records]\nspool_dir = \"{{dir}}/spool\"\n", db.url());
+    let mut gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let file = gw.dir().join("spool/records.spool");
+    let spool = |records: &[sluice_core::record::CostRecord]| {
+        let lines: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+        std::fs::write(&file, lines).unwrap();
+    };
+    let first: Vec<_> = (1..=3).map(spooled_record).collect();
+
+    // A spool of three records, replayed at start.
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
+    spool(&first);
+    gw.restart(BIN).await;
+    wait_spool_drained(&gw).await;
+
+    // The same three again (as after a crash between PostgreSQL's commit and the spool's cleanup),
+    // and one new record.
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
+    let mut again = first.clone();
+    again.push(spooled_record(4));
+    spool(&again);
+    gw.restart(BIN).await;
+    wait_spool_drained(&gw).await;
+
+    let pg = db.client().await;
+    let count = |sql: &'static str| {
+        let pg = &pg;
+        async move { pg.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM cost_records").await, 4);
+    assert_eq!(
+        count("SELECT count(*) FROM audit_log").await,
+        4,
+        "one audit row per record, replays included"
+    );
+    assert_eq!(count("SELECT count(DISTINCT record_id) FROM audit_log").await, 4);
+    let (code, out) = verify(&db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 4 rows"), "{out}");
+}

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_core::record::CostRecord;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use sluice_core::calendar::date;
 
@@ -120,15 +120,32 @@ fn ignore_concurrent_create(e: tokio_postgres::Error) -> Result<(), tokio_postgr
     }
 }
 
-/// Writes records, creating the day partitions they need. Known partitions are remembered.
+/// Writes records, creating the day partitions they need. Known partitions are remembered, and
+/// the statements are prepared once for the connection's life.
 pub struct Writer {
     pub client: Client,
     partitions: HashSet<i64>,
+    statements: Option<Statements>,
 }
+
+struct Statements {
+    records: Statement,
+    audit: crate::audit::Statements,
+}
+
+const INSERT_RECORDS: &str = "INSERT INTO cost_records (id, request_id, ts, org, team, app, key_id, \"user\", endpoint, model, \
+    provider, target, upstream_model, region, status, error, prompt_tokens, completion_tokens, \
+    cached_tokens, reasoning_tokens, usage_estimated, cost_micros, latency_us, attempts, stream, cache) \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], \
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+    $13::text[], $14::text[], $15::smallint[], $16::text[], $17::bigint[], $18::bigint[], \
+    $19::bigint[], $20::bigint[], $21::bool[], $22::bigint[], $23::bigint[], $24::int[], \
+    $25::bool[], $26::text[]) \
+    ON CONFLICT (id, ts) DO NOTHING RETURNING id";
 
 impl Writer {
     pub fn new(client: Client) -> Self {
-        Self { client, partitions: HashSet::new() }
+        Self { client, partitions: HashSet::new(), statements: None }
     }
 
     pub async fn write(&mut self, records: &[CostRecord]) -> Result<u64, tokio_postgres::Error> {
@@ -154,19 +171,20 @@ impl Writer {
         let attempts: Vec<i32> = records.iter().map(|r| r.attempts.min(i32::MAX as u32) as i32).collect();
         let stream: Vec<bool> = records.iter().map(|r| r.stream).collect();
         let cache: Vec<&str> = records.iter().map(|r| r.cache.as_str()).collect();
+        if self.statements.is_none() {
+            let (records, audit) = futures_util::try_join!(
+                self.client.prepare(INSERT_RECORDS),
+                crate::audit::Statements::prepare(&self.client)
+            )?;
+            self.statements = Some(Statements { records, audit });
+        }
+        let Some(statements) = &self.statements else { return Ok(0) };
         // Cost records and their audit rows go in together, or not at all.
         let tx = self.client.transaction().await?;
-        let n = tx
-            .execute(
-                "INSERT INTO cost_records (id, request_id, ts, org, team, app, key_id, \"user\", endpoint, model, \
-                 provider, target, upstream_model, region, status, error, prompt_tokens, completion_tokens, \
-                 cached_tokens, reasoning_tokens, usage_estimated, cost_micros, latency_us, attempts, stream, cache) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-                 $13::text[], $14::text[], $15::smallint[], $16::text[], $17::bigint[], $18::bigint[], \
-                 $19::bigint[], $20::bigint[], $21::bool[], $22::bigint[], $23::bigint[], $24::int[], \
-                 $25::bool[], $26::text[]) \
-                 ON CONFLICT (id, ts) DO NOTHING",
+        // The ids stored now: a replay's records already there get no second audit row.
+        let stored: HashSet<String> = tx
+            .query(
+                &statements.records,
                 &[
                     &ids,
                     &request_ids,
@@ -196,11 +214,15 @@ impl Writer {
                     &cache,
                 ],
             )
-            .await?;
-        crate::audit::append(&tx, records.iter().map(crate::audit::Entry::of_request).collect(), true)
-            .await?;
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let new: Vec<crate::audit::Entry> =
+            records.iter().filter(|r| stored.contains(&r.id)).map(crate::audit::Entry::of_request).collect();
+        crate::audit::append(&tx, &statements.audit, new, true).await?;
         tx.commit().await?;
-        Ok(n)
+        Ok(stored.len() as u64)
     }
 
     async fn create_partition(&mut self, day: i64) -> Result<(), tokio_postgres::Error> {
