@@ -139,8 +139,10 @@ impl AdminApi {
         let entry = crate::audit::Entry::of_admin(&format!("admin.{object}.{action}"), &detail);
         let done = db
             .with(std::time::Duration::from_secs(5), async |c| {
+                // Prepared outside the transaction: parsing locks the tables until the transaction
+                // ends, which must not come before the partition lock that `append` takes first.
+                let statements = crate::audit::Statements::prepare(&*c).await?;
                 let tx = c.transaction().await?;
-                let statements = crate::audit::Statements::prepare(&tx).await?;
                 crate::audit::append(&tx, &statements, vec![entry], false).await?;
                 tx.commit().await
             })

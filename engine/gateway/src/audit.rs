@@ -191,7 +191,9 @@ const INSERT: &str = "INSERT INTO audit_log (day, seq, ts_us, record_id, action,
 
 /// The statements that append to the chains, prepared once per connection: the ledger's writer
 /// keeps them for as long as its connection lives (parsing and planning them for every batch cost
-/// PostgreSQL more than running them); an admin action prepares them in its transaction.
+/// PostgreSQL more than running them). Prepare them outside the transaction that appends: parsing
+/// holds the tables' locks until the transaction ends, ahead of the partition lock (a deadlock with
+/// another instance creating the day's partition).
 pub struct Statements {
     lock: Statement,
     last: Statement,

@@ -57,7 +57,7 @@ impl Db {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 drop(Object::take(client));
-                Err(format!("the database query failed: {e}"))
+                Err(format!("the database query failed: {}", crate::pg_tls::describe(&e)))
             }
             Err(_) => {
                 drop(Object::take(client));

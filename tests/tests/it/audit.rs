@@ -54,7 +54,7 @@ async fn every_request_is_audited_in_a_hash_chain_that_detects_tampering() {
         {
             break rows;
         }
-        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        assert!(Instant::now() < deadline, "the audit rows never arrived; stderr:\n{}", gw.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let actions: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -133,7 +133,7 @@ async fn audit_rows_carry_the_request_hash_and_on_request_the_redacted_content()
         if rows.len() >= 2 {
             break rows;
         }
-        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        assert!(Instant::now() < deadline, "the audit rows never arrived; stderr:\n{}", gw.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let row = |status: i32| rows.iter().find(|r| r.get::<_, i32>(0) == status).unwrap();
@@ -251,7 +251,7 @@ async fn a_sealed_export_catches_rows_removed_from_the_end_of_a_day() {
     let pg = db.client().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while pg.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get::<_, i64>(0) < 3 {
-        assert!(Instant::now() < deadline, "the audit rows never arrived");
+        assert!(Instant::now() < deadline, "the audit rows never arrived; stderr:\n{}", gw.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dir = gw.dir().join("sealed");
