@@ -171,14 +171,16 @@ impl Writer {
         let attempts: Vec<i32> = records.iter().map(|r| r.attempts.min(i32::MAX as u32) as i32).collect();
         let stream: Vec<bool> = records.iter().map(|r| r.stream).collect();
         let cache: Vec<&str> = records.iter().map(|r| r.cache.as_str()).collect();
-        if self.statements.is_none() {
-            let (records, audit) = futures_util::try_join!(
-                self.client.prepare(INSERT_RECORDS),
-                crate::audit::Statements::prepare(&self.client)
-            )?;
-            self.statements = Some(Statements { records, audit });
-        }
-        let Some(statements) = &self.statements else { return Ok(0) };
+        let statements = match &self.statements {
+            Some(s) => s,
+            None => {
+                let (records, audit) = futures_util::try_join!(
+                    self.client.prepare(INSERT_RECORDS),
+                    crate::audit::Statements::prepare(&self.client)
+                )?;
+                self.statements.insert(Statements { records, audit })
+            }
+        };
         // Cost records and their audit rows go in together, or not at all.
         let tx = self.client.transaction().await?;
         // The ids stored now: a replay's records already there get no second audit row.
