@@ -239,9 +239,10 @@ async fn attempt(
         Transport::Mock(_) => true,
     };
     let hide_usage = request.stream && asks_usage && !request.wants_stream_usage;
-    let had_options = request.body.field("stream_options").is_some();
+    let [options, model] = request.body.json().fields(["stream_options", "model"]);
+    let had_options = options.is_some();
     // Touched only when it changes: an untouched body goes upstream as the client's own bytes.
-    let renamed = request.body.field("model").and_then(Json::as_str) != Some(target.upstream_model.as_str());
+    let renamed = model.and_then(Json::as_str) != Some(target.upstream_model.as_str());
     if renamed {
         request.body.insert("model".into(), Value::String(target.upstream_model.clone()));
     }
