@@ -1,7 +1,8 @@
 //! Limit state in Redis, shared by every instance: one Lua script checks and charges every bucket
 //! of a request atomically, on Redis' clock (`TIME`), so counters stay right across instances and
-//! clock skew. Keys are hash-tagged by org (`{org:ID}`), so one request's keys share a Redis Cluster
-//! slot. Each worker thread keeps its own connection, on its own runtime.
+//! clock skew. An org's buckets are the fields of one hash, `{org:ID}` (the hash tag of the keys
+//! the plugin names), so one request's state is one key in one Redis Cluster slot. Each worker
+//! thread keeps its own connection, on its own runtime.
 //!
 //! The correction of a token reservation at the end of a request costs no round trip of its own:
 //! it waits (up to 100 ms) and rides along with the next reservation of the same org, applied by
@@ -21,78 +22,105 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};
+use fred::types::Value;
 use fred::types::scripts::Script;
 use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, StoreError};
 
 use super::memory::MemoryLimits;
 
-/// First applies the corrections folded in from earlier requests (KEYS after the first ARGV[1]),
-/// then checks every bucket to reserve and charges all or none. ARGV: the number n of buckets to
-/// reserve, then per bucket limit, period (ms), cost, then per correction limit, period (ms), delta.
-/// Returns per reserved bucket: allowed (1/0), remaining, ms until full, ms to wait when refused.
+/// Applies corrections, then checks every bucket to reserve and charges all or none (GCRA, as
+/// `sluice_core::limits::gcra`). The buckets of a hash tag live in one Redis hash (`KEYS`), a field
+/// per bucket holding its TAT in ms as a decimal string, the hash kept until its fullest bucket is
+/// full again plus a second. The numbers travel packed (`struct`, little-endian doubles): Lua's
+/// `tonumber` on three dozen arguments and a reply of nested arrays cost Redis more than the
+/// arithmetic, and the client as much again to encode and decode (see docs/benchmarks.md).
+///
+/// `ARGV[1]`: the number n of buckets to reserve, the number m of fields, per field the index of its
+/// hash in `KEYS`, then per bucket (the n reserved first, then the corrections) its field's index,
+/// limit, period (ms) and units (the cost, or a correction's delta). `ARGV[2..=m+1]`: the field
+/// names. Returns, packed, per reserved bucket: allowed (1/0), remaining, ms until full, ms to wait
+/// when refused; nothing when n = 0.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local n = tonumber(ARGV[1])
-for j = n + 1, #KEYS do
-  local base = 1 + (j - 1) * 3
-  local tat = tonumber(redis.call('GET', KEYS[j]))
-  if tat then
-    local limit = tonumber(ARGV[base + 1])
-    local new = tat + (tonumber(ARGV[base + 2]) / math.max(limit, 1)) * tonumber(ARGV[base + 3])
+local v = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
+local n, m = v[1], v[2]
+local buckets = (#ARGV[1] / 8 - 2 - m) / 4
+local tat = {}
+for k = 1, #KEYS do
+  local fields, names = {}, {}
+  for j = 1, m do
+    if v[2 + j] == k then
+      fields[#fields + 1] = j
+      names[#names + 1] = ARGV[1 + j]
+    end
+  end
+  if #names > 0 then
+    local stored = redis.call('HMGET', KEYS[k], unpack(names))
+    for i = 1, #fields do tat[fields[i]] = tonumber(stored[i]) end
+  end
+end
+local dirty = {}
+for b = n, buckets - 1 do
+  local at = 3 + m + b * 4
+  local j = v[at]
+  if tat[j] then
+    local new = tat[j] + v[at + 2] / math.max(v[at + 1], 1) * v[at + 3]
     if new < now then new = now end
-    redis.call('SET', KEYS[j], tostring(new), 'PX', math.ceil(new - now) + 1000)
+    tat[j] = new
+    dirty[j] = true
   end
 end
 local d = {}
 local ok = true
-for i = 1, n do
-  local limit = tonumber(ARGV[1 + (i - 1) * 3 + 1])
-  local period = tonumber(ARGV[1 + (i - 1) * 3 + 2])
-  local cost = tonumber(ARGV[1 + (i - 1) * 3 + 3])
+for b = 0, n - 1 do
+  local at = 3 + m + b * 4
+  local limit, period = v[at + 1], v[at + 2]
   local per = period / math.max(limit, 1)
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new = tat + per * cost
+  local old = tat[v[at]] or now
+  if old < now then old = now end
+  local new = old + per * v[at + 3]
   local allowed = (new - now) <= period
   if not allowed then ok = false end
-  d[i] = {tat, new, allowed, per, period, limit}
+  d[b] = {old, new, allowed, per, period, limit}
 end
 local out = {}
-for i = 1, n do
-  local tat, new, allowed, per, period, limit = d[i][1], d[i][2], d[i][3], d[i][4], d[i][5], d[i][6]
-  local kept = tat
+for b = 0, n - 1 do
+  local old, new, allowed, per, period, limit = unpack(d[b])
+  local kept = old
   if ok then
     kept = new
-    redis.call('SET', KEYS[i], tostring(kept), 'PX', math.ceil(kept - now) + 1000)
+    tat[v[3 + m + b * 4]] = new
+    dirty[v[3 + m + b * 4]] = true
   end
   local remaining = math.floor((period - (kept - now)) / per)
   if remaining < 0 then remaining = 0 end
   if remaining > limit then remaining = limit end
   local retry = 0
   if not allowed then retry = math.ceil(new - now - period) end
-  out[i] = {allowed and 1 or 0, remaining, math.floor(kept - now), retry}
+  out[#out + 1] = allowed and 1 or 0
+  out[#out + 1] = remaining
+  out[#out + 1] = math.floor(kept - now)
+  out[#out + 1] = retry
 end
-return out
-"#;
-
-/// Moves each bucket's TAT by its `delta` units (a refund when negative), never before now.
-/// ARGV: per key, limit, period (ms), delta.
-const ADJUST: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]))
-  if tat then
-    local limit = tonumber(ARGV[(i - 1) * 3 + 1])
-    local delta = tonumber(ARGV[(i - 1) * 3 + 3])
-    local new = tat + (tonumber(ARGV[(i - 1) * 3 + 2]) / math.max(limit, 1)) * delta
-    if new < now then new = now end
-    redis.call('SET', KEYS[i], tostring(new), 'PX', math.ceil(new - now) + 1000)
+for k = 1, #KEYS do
+  local set, far = {}, now
+  for j = 1, m do
+    if dirty[j] and v[2 + j] == k then
+      set[#set + 1] = ARGV[1 + j]
+      set[#set + 1] = tostring(tat[j])
+      if tat[j] > far then far = tat[j] end
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', KEYS[k], unpack(set))
+    local keep = math.ceil(far - now) + 1000
+    if redis.call('PTTL', KEYS[k]) < keep then redis.call('PEXPIRE', KEYS[k], keep) end
   end
 end
-return 1
+return struct.pack('<' .. string.rep('d', #out), unpack(out))
 "#;
 
 thread_local! {
@@ -153,7 +181,6 @@ pub struct RedisLimits {
     config: Config,
     prefix: String,
     reserve: Script,
-    adjust: Script,
     /// The local limiter, unless failures go to the plugin.
     fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
@@ -203,7 +230,6 @@ impl RedisLimits {
             config,
             prefix: prefix.to_owned(),
             reserve: Script::from_lua(RESERVE),
-            adjust: Script::from_lua(ADJUST),
             fallback: local_fallback.then(MemoryLimits::default),
             pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
@@ -219,8 +245,74 @@ impl RedisLimits {
         thread_client(&self.url, &self.config).await
     }
 
-    fn key(&self, key: &str) -> String {
-        [self.prefix.as_str(), key].concat()
+    /// One call of [`RESERVE`]: reserves `charges` after applying `corrections`. Returns the states
+    /// of the charges, or what went wrong.
+    async fn call(&self, charges: &[Charge], corrections: &[Adjustment]) -> Result<Vec<BucketState>, String> {
+        let (keys, args) = self.arguments(charges, corrections);
+        let client = self.client().await.map_err(|e| e.0)?;
+        let reply: Option<Bytes> =
+            self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())?;
+        let reply = reply.unwrap_or_default();
+        if reply.len() != charges.len() * 32 {
+            return Err(format!("Redis answered {} bytes for {} buckets", reply.len(), charges.len()));
+        }
+        let numbers: Vec<f64> = reply
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(<[u8; 8]>::try_from(b).unwrap_or_default()))
+            .collect();
+        let ms = |x: f64| Duration::from_millis(x.max(0.0) as u64);
+        Ok(numbers
+            .chunks_exact(4)
+            .map(|r| BucketState {
+                allowed: r[0] == 1.0,
+                remaining: r[1].max(0.0) as u64,
+                reset: ms(r[2]),
+                retry_after: ms(r[3]),
+            })
+            .collect())
+    }
+
+    /// The keys and arguments of [`RESERVE`]: one hash per hash tag, one field per bucket.
+    fn arguments(&self, charges: &[Charge], corrections: &[Adjustment]) -> (Vec<String>, Vec<Value>) {
+        let buckets = charges
+            .iter()
+            .map(|c| (c.key.as_str(), c.limit, c.period, c.cost as f64))
+            .chain(corrections.iter().map(|a| (a.key.as_str(), a.limit, a.period, a.delta as f64)));
+        let mut keys: Vec<String> = Vec::with_capacity(1);
+        let mut fields: Vec<(usize, &str)> = Vec::with_capacity(charges.len());
+        let mut rows: Vec<[f64; 4]> = Vec::with_capacity(charges.len() + corrections.len());
+        for (key, limit, period, units) in buckets {
+            let tag = tag(key);
+            let k = match keys.iter().position(|h| h.get(self.prefix.len()..) == Some(tag)) {
+                Some(k) => k,
+                None => {
+                    keys.push([self.prefix.as_str(), tag].concat());
+                    keys.len() - 1
+                }
+            };
+            let field = &key[tag.len()..];
+            let j = match fields.iter().position(|f| *f == (k, field)) {
+                Some(j) => j,
+                None => {
+                    fields.push((k, field));
+                    fields.len() - 1
+                }
+            };
+            rows.push([(j + 1) as f64, limit as f64, period.as_millis() as f64, units]);
+        }
+        let header = [charges.len() as f64, fields.len() as f64];
+        let numbers = header
+            .into_iter()
+            .chain(fields.iter().map(|(k, _)| (k + 1) as f64))
+            .chain(rows.into_iter().flatten());
+        let mut packed = Vec::with_capacity(8 * (2 + fields.len() + 4 * (charges.len() + corrections.len())));
+        for x in numbers {
+            packed.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut args = Vec::with_capacity(1 + fields.len());
+        args.push(Value::Bytes(packed.into()));
+        args.extend(fields.iter().map(|(_, f)| Value::from(*f)));
+        (keys, args)
     }
 
     fn note(&self, ok: bool, what: &str, e: Option<&dyn std::fmt::Display>) {
@@ -253,37 +345,14 @@ impl LimitStore for RedisLimits {
             }
             None => Vec::new(),
         };
-        let keys: Vec<String> =
-            charges.iter().map(|c| self.key(&c.key)).chain(folded.iter().map(|a| self.key(&a.key))).collect();
-        let mut args: Vec<i64> = vec![charges.len() as i64];
-        args.extend(
-            charges.iter().flat_map(|c| [c.limit as i64, c.period.as_millis() as i64, c.cost as i64]),
-        );
-        args.extend(folded.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]));
-        let answer: Result<Vec<Vec<i64>>, String> = match self.client().await {
-            Ok(client) => {
-                self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.0),
-        };
+        let answer = self.call(charges, &folded).await;
         if answer.is_err() && !folded.is_empty() {
             self.defer(&folded);
         }
         match answer {
-            Ok(rows) if rows.len() == charges.len() => {
+            Ok(states) => {
                 self.note(true, "reserve", None);
-                Ok(rows
-                    .iter()
-                    .map(|r| BucketState {
-                        allowed: r.first() == Some(&1),
-                        remaining: r.get(1).copied().unwrap_or(0).max(0) as u64,
-                        reset: Duration::from_millis(r.get(2).copied().unwrap_or(0).max(0) as u64),
-                        retry_after: Duration::from_millis(r.get(3).copied().unwrap_or(0).max(0) as u64),
-                    })
-                    .collect())
-            }
-            Ok(rows) => {
-                Err(StoreError(format!("Redis answered {} rows for {} keys", rows.len(), charges.len())))
+                Ok(states)
             }
             Err(e) => {
                 self.note(false, "reserve", Some(&e));
@@ -312,18 +381,9 @@ impl LimitStore for RedisLimits {
             by_tag.entry(tag(&a.key)).or_default().push(a);
         }
         for group in by_tag.into_values() {
-            let keys: Vec<String> = group.iter().map(|a| self.key(&a.key)).collect();
-            let args: Vec<i64> =
-                group.iter().flat_map(|a| [a.limit as i64, a.period.as_millis() as i64, a.delta]).collect();
-            let done: Result<i64, String> = match self.client().await {
-                Ok(client) => {
-                    self.adjust.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.0),
-            };
-            if let Err(e) = done {
+            let group: Vec<Adjustment> = group.into_iter().cloned().collect();
+            if let Err(e) = self.call(&[], &group).await {
                 self.note(false, "adjust", Some(&e));
-                let group: Vec<Adjustment> = group.into_iter().cloned().collect();
                 match &self.fallback {
                     Some(local) => local.adjust(&group).await?,
                     None => return Err(StoreError(e)),
