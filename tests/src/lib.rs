@@ -21,6 +21,7 @@ pub mod gemini;
 pub mod openai;
 pub mod postgres;
 pub mod redis_cluster;
+pub mod redis_server;
 pub mod server;
 pub mod tls;
 pub mod vault;

@@ -125,6 +125,99 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
     assert!(h["redis"].as_str().unwrap().starts_with("unreachable"));
 }
 
+/// A Redis that keeps its connections and answers nothing (a stopped process) costs a request the
+/// reservation's deadline (250 ms), not a hang, and once three did, the next second's not even that:
+/// the in-process limiter answers, `/health` says so, and the shared limit is used again once
+/// Redis answers.
+#[tokio::test]
+async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
+    let redis = sluice_tests::redis_server::RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    // One worker thread, so its connection is made before Redis hangs (a thread's first connection
+    // is waited for, up to 3 s).
+    let extra = format!(
+        "[server]\nthreads = 1\n[state]\nredis = \"{}\"\n[limits]\napp = {{ rpm = 100 }}\n",
+        redis.url()
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let health = || async {
+        let r = crate::client().get(gw.url("/health")).send().await.unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    assert_eq!(health().await["redis"], "ok");
+
+    redis.pause();
+    let r = crate::client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(crate::KEY)
+        .json(&chat_body("m"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("an answer while Redis hangs");
+    assert_eq!(r.status(), 200, "the in-process limiter answered");
+    assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+    let h = health().await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["redis"], "unreachable: limits enforced per instance");
+    // Each would wait out the deadline if the gateway kept asking the hung Redis (20 x 250 ms);
+    // after three failures in a row it leaves Redis alone for a second.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2_500), "20 requests took {took:?} while Redis hung");
+
+    redis.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+        assert_eq!(r.status(), 200);
+        if health().await["redis"] == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Redis answers again, the gateway never used it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Redis that is down when the gateway starts and comes up later is used once it answers (its
+/// first connection failed; it is tried again every second): the requests meanwhile are answered
+/// by the in-process limiter, without waiting on Redis.
+#[tokio::test]
+async fn a_redis_that_comes_up_after_the_gateway_is_used_once_it_answers() {
+    let port = sluice_tests::free_port();
+    let mock = MockOpenAi::start().await;
+    let extra = format!("[state]\nredis = \"redis://127.0.0.1:{port}\"\n[limits]\napp = {{ rpm = 100 }}\n");
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let health = || async {
+        let r = crate::client().get(gw.url("/health")).send().await.unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    // No request waits out the command deadline (250 ms) on a connection known to be down.
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_250), "10 requests took {took:?} while Redis was down");
+    assert_eq!(health().await["redis"], "unreachable: limits enforced per instance");
+
+    let _redis = sluice_tests::redis_server::RedisServer::start_on(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+        assert_eq!(r.status(), 200);
+        if health().await["redis"] == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Redis is up, the gateway never used it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends `n` requests at once, alternating between `a` and `b`; returns how many were admitted.
 /// A 429 or a 503 (fail closed) is a refusal; anything else fails the test.
 async fn fire(a: &TestGateway, b: &TestGateway, n: usize, body: &serde_json::Value) -> u64 {

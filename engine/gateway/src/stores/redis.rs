@@ -11,19 +11,22 @@
 //! pending when the process stops are lost, which only errs on the side of the limit.
 //!
 //! When Redis cannot answer (down, slow beyond the command timeout), the in-process limiter takes
-//! over for this instance — limits stay in force, but per instance — and `/health` says so. With
-//! `limits.on_store_failure = "open"` or `"closed"` there is no local limiter: the failure goes to
-//! the plugin, which lets the request through or refuses it.
+//! over for this instance — limits stay in force, but per instance — and `/health` says so. A
+//! request never waits on a connection known to be down, and after three failed calls in a row
+//! Redis is left alone for a second: a Redis that hangs costs one request a second the 250 ms
+//! deadline. With `limits.on_store_failure = "open"` or `"closed"` there is no local limiter: the
+//! failure goes to the plugin, which lets the request through or refuses it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};
+use fred::types::ConnectHandle;
 use fred::types::Value;
 use fred::types::scripts::Script;
 use sluice_core::limits::{Adjustment, BucketState, Charge, LimitStore, StoreError};
@@ -124,8 +127,27 @@ return struct.pack('<' .. string.rep('d', #out), unpack(out))
 "#;
 
 thread_local! {
-    static CLIENTS: RefCell<HashMap<String, Client>> = RefCell::new(HashMap::new());
+    static CLIENTS: RefCell<HashMap<String, ThreadClient>> = RefCell::new(HashMap::new());
 }
+
+/// A worker thread's connection to one Redis, and the task that keeps it.
+struct ThreadClient {
+    client: Client,
+    /// The connection task: it reconnects on its own after a lost connection, but ends when the
+    /// first connection fails.
+    task: ConnectHandle,
+    /// When the task was started last.
+    started: Instant,
+    created: Instant,
+}
+
+/// How long the requests that arrive while a thread's first connection is being made wait for
+/// it — a Redis Cluster client must first learn the slots and reach every node, which takes
+/// longer than one command's timeout.
+const FIRST_CONNECTION: Duration = Duration::from_secs(3);
+
+/// How often a connection that never came up is tried again.
+const RETRY_FIRST_CONNECTION: Duration = Duration::from_secs(1);
 
 /// The client configuration of a Redis URL: `redis://`, or `rediss://` for TLS (the server's
 /// certificate verified against the system's roots, or against `ca_file`). Errors never repeat the
@@ -147,14 +169,23 @@ pub fn redis_config(url: &str, ca_file: Option<&str>) -> Result<Config, String> 
     Ok(config)
 }
 
-/// This thread's connection to `url`, made on first use. The first use waits (up to 3 s) for the
-/// connection — a Redis Cluster client must first learn the slots and reach every node, which
-/// takes longer than one command's timeout; later commands only wait their own 250 ms. Shared by
-/// every store using the same Redis.
+/// This thread's connection to `url`, made on first use; the first uses wait for it (up to
+/// [`FIRST_CONNECTION`]), later commands only wait their own 250 ms. Shared by every store using
+/// the same Redis.
+///
+/// While the connection is down this answers at once with an error, so a request falls back
+/// without waiting on a command that cannot be sent. A lost connection is re-made by fred's
+/// reconnection policy; a first connection that failed (Redis not up yet when the gateway
+/// started) is tried again every [`RETRY_FIRST_CONNECTION`].
 pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreError> {
-    let (client, fresh) = CLIENTS.with(|clients| {
-        if let Some(c) = clients.borrow().get(url) {
-            return Ok((c.clone(), false));
+    let (client, wait, fresh) = CLIENTS.with(|clients| {
+        if let Some(c) = clients.borrow_mut().get_mut(url) {
+            if c.task.is_finished() && c.started.elapsed() >= RETRY_FIRST_CONNECTION {
+                c.task = c.client.connect();
+                c.started = Instant::now();
+            }
+            let wait = FIRST_CONNECTION.checked_sub(c.created.elapsed()).filter(|_| !c.task.is_finished());
+            return Ok((c.client.clone(), wait, false));
         }
         let client = Builder::from_config(config.clone())
             .with_connection_config(|c| c.connection_timeout = Duration::from_millis(1_000))
@@ -162,18 +193,21 @@ pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreEr
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| StoreError(e.to_string()))?;
-        client.connect();
-        clients.borrow_mut().insert(url.to_owned(), client.clone());
-        Ok::<_, StoreError>((client, true))
+        let task = client.connect();
+        let (started, created) = (Instant::now(), Instant::now());
+        let c = ThreadClient { client: client.clone(), task, started, created };
+        clients.borrow_mut().insert(url.to_owned(), c);
+        Ok::<_, StoreError>((client, Some(FIRST_CONNECTION), true))
     })?;
-    if fresh {
-        match tokio::time::timeout(Duration::from_secs(3), client.wait_for_connect()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("Redis: first connection failed: {e}"),
-            Err(_) => log::warn!("Redis: no connection within 3 s"),
+    if let Some(wait) = wait.filter(|_| !client.is_connected()) {
+        let outcome = tokio::time::timeout(wait, client.wait_for_connect()).await;
+        match outcome {
+            Ok(Err(e)) if fresh => log::warn!("Redis: first connection failed: {e}"),
+            Err(_) if fresh => log::warn!("Redis: no connection within {} s", FIRST_CONNECTION.as_secs()),
+            _ => {}
         }
     }
-    Ok(client)
+    if client.is_connected() { Ok(client) } else { Err(StoreError("not connected".into())) }
 }
 
 pub struct RedisLimits {
@@ -184,6 +218,11 @@ pub struct RedisLimits {
     /// The local limiter, unless failures go to the plugin.
     fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
+    /// Calls failed in a row.
+    failures: AtomicU32,
+    /// Until when (milliseconds after `epoch`) reservations skip Redis after failed calls.
+    hold_until: AtomicU64,
+    epoch: Instant,
     /// Token corrections not yet sent: folded into the next reservation of the same org (same
     /// Redis Cluster slot), or sent on their own once older than [`FOLD_WINDOW`].
     pending: Mutex<Pending>,
@@ -194,6 +233,13 @@ struct Pending {
     by_key: HashMap<String, Adjustment>,
     since: Option<Instant>,
 }
+
+/// After [`FAILURES_TO_HOLD_OFF`] failed calls in a row, how long reservations go to the fallback
+/// (or the failure policy) without trying Redis: a Redis that hangs costs one request a second the
+/// command deadline, not every request. (One slow call alone, as on a loaded machine, does not
+/// send an instance's traffic to its own limiter, or refuse it when failing closed.)
+const HOLD_OFF: Duration = Duration::from_secs(1);
+const FAILURES_TO_HOLD_OFF: u32 = 3;
 
 /// How long a correction may wait for a reservation to ride along with.
 const FOLD_WINDOW: Duration = Duration::from_millis(100);
@@ -233,6 +279,9 @@ impl RedisLimits {
             fallback: local_fallback.then(MemoryLimits::default),
             pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
+            failures: AtomicU32::new(0),
+            hold_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -315,7 +364,24 @@ impl RedisLimits {
         (keys, args)
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether [`HOLD_OFF`] has not passed since the last of [`FAILURES_TO_HOLD_OFF`] failed calls
+    /// in a row.
+    fn holding_off(&self) -> bool {
+        self.now_ms() < self.hold_until.load(Ordering::Relaxed)
+    }
+
     fn note(&self, ok: bool, what: &str, e: Option<&dyn std::fmt::Display>) {
+        if !ok {
+            if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_HOLD_OFF {
+                self.hold_until.store(self.now_ms() + HOLD_OFF.as_millis() as u64, Ordering::Relaxed);
+            }
+        } else if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         let was = self.healthy.swap(ok, Ordering::Relaxed);
         match (was, ok, e) {
             (true, false, Some(e)) => {
@@ -330,6 +396,12 @@ impl RedisLimits {
 #[async_trait]
 impl LimitStore for RedisLimits {
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError> {
+        if self.holding_off() {
+            return match &self.fallback {
+                Some(local) => local.reserve(charges).await,
+                None => Err(StoreError("Redis failed repeatedly less than a second ago".into())),
+            };
+        }
         // Corrections of the same org ride along: no round trip of their own.
         let folded: Vec<Adjustment> = match charges.first() {
             Some(first) => {
@@ -368,6 +440,10 @@ impl LimitStore for RedisLimits {
     /// are sent now, one call per org.
     async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
         self.defer(adjustments);
+        if self.holding_off() {
+            // They wait for Redis to answer again.
+            return Ok(());
+        }
         let due: Vec<Adjustment> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if pending.since.is_none_or(|t| t.elapsed() < FOLD_WINDOW) {
