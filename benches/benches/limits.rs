@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::stores::memory::MemoryLimits;
-use sluice::stores::redis::RedisLimits;
+use sluice::stores::redis::{HoldOff, RedisLimits};
 use sluice::stores::spend::{MemorySpend, RedisSpend};
 use sluice_core::budgets::{Counter, Dimension, SpendScope, SpendStore};
 use sluice_core::limits::{Charge, LimitStore};
@@ -106,6 +106,7 @@ fn budgets(c: &mut Criterion) {
             .is_ok();
     if redis_up {
         let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hold_off = std::sync::Arc::new(HoldOff::new());
         // refresh 0: every read and every add goes to Redis (the worst case, and what one instance
         // with budgets.refresh = "0ms" does on every request).
         let direct = RedisSpend::new(
@@ -113,6 +114,7 @@ fn budgets(c: &mut Criterion) {
             "sluice-bench:",
             None,
             healthy.clone(),
+            hold_off.clone(),
             Duration::ZERO,
             None,
         )
@@ -132,6 +134,7 @@ fn budgets(c: &mut Criterion) {
             "sluice-bench:",
             None,
             healthy,
+            hold_off,
             Duration::from_millis(250),
             None,
         )

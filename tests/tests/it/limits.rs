@@ -127,8 +127,8 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
 
 /// A Redis that keeps its connections and answers nothing (a stopped process) costs a request the
 /// reservation's deadline (250 ms), not a hang, and once three did, the next second's not even that:
-/// the in-process limiter answers, `/health` says so, and the shared limit is used again once
-/// Redis answers.
+/// the in-process limiter and spend counters answer, `/health` says so, and the shared limit is
+/// used again once Redis answers. (Budgets read and add spend in Redis on every request here.)
 #[tokio::test]
 async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
     let redis = sluice_tests::redis_server::RedisServer::start();
@@ -136,7 +136,8 @@ async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
     // One worker thread, so its connection is made before Redis hangs (a thread's first connection
     // is waited for, up to 3 s).
     let extra = format!(
-        "[server]\nthreads = 1\n[state]\nredis = \"{}\"\n[limits]\napp = {{ rpm = 100 }}\n",
+        "[server]\nthreads = 1\n[state]\nredis = \"{}\"\n[limits]\napp = {{ rpm = 100 }}\n\
+         [budgets]\nteam = {{ daily = \"10.00\" }}\nrefresh = \"0ms\"\n",
         redis.url()
     );
     let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;

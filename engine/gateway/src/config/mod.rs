@@ -236,6 +236,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                     prefix,
                     seeder,
                     healthy.clone(),
+                    limits.hold_off(),
                     refresh,
                     file.state.redis_ca_file.as_deref(),
                 )

@@ -218,11 +218,7 @@ pub struct RedisLimits {
     /// The local limiter, unless failures go to the plugin.
     fallback: Option<MemoryLimits>,
     healthy: Arc<AtomicBool>,
-    /// Calls failed in a row.
-    failures: AtomicU32,
-    /// Until when (milliseconds after `epoch`) reservations skip Redis after failed calls.
-    hold_until: AtomicU64,
-    epoch: Instant,
+    hold_off: Arc<HoldOff>,
     /// Token corrections not yet sent: folded into the next reservation of the same org (same
     /// Redis Cluster slot), or sent on their own once older than [`FOLD_WINDOW`].
     pending: Mutex<Pending>,
@@ -234,12 +230,55 @@ struct Pending {
     since: Option<Instant>,
 }
 
-/// After [`FAILURES_TO_HOLD_OFF`] failed calls in a row, how long reservations go to the fallback
-/// (or the failure policy) without trying Redis: a Redis that hangs costs one request a second the
-/// command deadline, not every request. (One slow call alone, as on a loaded machine, does not
-/// send an instance's traffic to its own limiter, or refuse it when failing closed.)
+/// After [`FAILURES_TO_HOLD_OFF`] failed calls in a row, how long the stores of a Redis go to
+/// their fallbacks (or the failure policy) without trying it.
 const HOLD_OFF: Duration = Duration::from_secs(1);
 const FAILURES_TO_HOLD_OFF: u32 = 3;
+
+/// Leaves a Redis alone for [`HOLD_OFF`] after [`FAILURES_TO_HOLD_OFF`] failed calls in a row, so
+/// a Redis that hangs costs one call a second the command deadline, not every request. One slow
+/// call alone, as on a loaded machine, does not send an instance's traffic to its own limiter (or
+/// refuse it, failing closed). Shared by the stores of one Redis; after the pause the next call
+/// tries Redis again, and one more failure starts another pause.
+pub struct HoldOff {
+    /// Calls failed in a row.
+    failures: AtomicU32,
+    /// Until when, in milliseconds after `epoch`, calls skip Redis.
+    until: AtomicU64,
+    epoch: Instant,
+}
+
+impl HoldOff {
+    pub fn new() -> Self {
+        Self { failures: AtomicU32::new(0), until: AtomicU64::new(0), epoch: Instant::now() }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether calls are to skip Redis now.
+    pub fn active(&self) -> bool {
+        self.now() < self.until.load(Ordering::Relaxed)
+    }
+
+    /// Counts the outcome of a call.
+    pub fn record(&self, ok: bool) {
+        if !ok {
+            if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_HOLD_OFF {
+                self.until.store(self.now() + HOLD_OFF.as_millis() as u64, Ordering::Relaxed);
+            }
+        } else if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for HoldOff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// How long a correction may wait for a reservation to ride along with.
 const FOLD_WINDOW: Duration = Duration::from_millis(100);
@@ -279,15 +318,18 @@ impl RedisLimits {
             fallback: local_fallback.then(MemoryLimits::default),
             pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
-            failures: AtomicU32::new(0),
-            hold_until: AtomicU64::new(0),
-            epoch: Instant::now(),
+            hold_off: Arc::new(HoldOff::new()),
         })
     }
 
     /// Whether the last call reached Redis (else the in-process limiter is answering).
     pub fn healthy(&self) -> Arc<AtomicBool> {
         self.healthy.clone()
+    }
+
+    /// When to leave this Redis alone; to be shared with the other stores using it.
+    pub fn hold_off(&self) -> Arc<HoldOff> {
+        self.hold_off.clone()
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -364,24 +406,8 @@ impl RedisLimits {
         (keys, args)
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Whether [`HOLD_OFF`] has not passed since the last of [`FAILURES_TO_HOLD_OFF`] failed calls
-    /// in a row.
-    fn holding_off(&self) -> bool {
-        self.now_ms() < self.hold_until.load(Ordering::Relaxed)
-    }
-
     fn note(&self, ok: bool, what: &str, e: Option<&dyn std::fmt::Display>) {
-        if !ok {
-            if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_HOLD_OFF {
-                self.hold_until.store(self.now_ms() + HOLD_OFF.as_millis() as u64, Ordering::Relaxed);
-            }
-        } else if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
+        self.hold_off.record(ok);
         let was = self.healthy.swap(ok, Ordering::Relaxed);
         match (was, ok, e) {
             (true, false, Some(e)) => {
@@ -396,7 +422,7 @@ impl RedisLimits {
 #[async_trait]
 impl LimitStore for RedisLimits {
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError> {
-        if self.holding_off() {
+        if self.hold_off.active() {
             return match &self.fallback {
                 Some(local) => local.reserve(charges).await,
                 None => Err(StoreError("Redis failed repeatedly less than a second ago".into())),
@@ -440,7 +466,7 @@ impl LimitStore for RedisLimits {
     /// are sent now, one call per org.
     async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
         self.defer(adjustments);
-        if self.holding_off() {
+        if self.hold_off.active() {
             // They wait for Redis to answer again.
             return Ok(());
         }

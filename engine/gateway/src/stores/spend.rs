@@ -6,7 +6,9 @@
 //! before it is used: once per counter (a `:seeded` mark guards it across instances), so a Redis
 //! restart does not reset anyone's budget. A spend that landed in Redis while its seed was being
 //! read may be counted twice, which errs on the side of the budget. If Redis stops answering, the
-//! in-memory counters take over for this instance (and rebuild themselves from the ledger too).
+//! in-memory counters take over for this instance (and rebuild themselves from the ledger too);
+//! after three failed calls in a row, of this store or the limits', both leave Redis alone for a
+//! second (`HoldOff`).
 //!
 //! The Redis store answers reads from the values it last saw (read or returned by an add) for up
 //! to `budgets.refresh`, plus what this instance spent since, so the request path usually makes no
@@ -28,7 +30,7 @@ use sluice_core::budgets::{Counter, SpendStore};
 use sluice_core::limits::StoreError;
 use sluice_core::money::Micros;
 
-use super::redis::{tag, thread_client};
+use super::redis::{HoldOff, tag, thread_client};
 use crate::db::Db;
 
 /// How long a failed rebuild is not retried for the same counter.
@@ -185,6 +187,7 @@ struct RedisInner {
     seeder: Option<Arc<Seeder>>,
     fallback: MemorySpend,
     healthy: Arc<AtomicBool>,
+    hold_off: Arc<HoldOff>,
     /// A flush of unsent spend is scheduled.
     scheduled: AtomicBool,
     /// Last values seen, and when.
@@ -212,8 +215,18 @@ impl RedisInner {
         if due.is_empty() {
             return;
         }
-        if let Err(e) = self.send(&due).await {
-            self.failed("add", &e);
+        let sent = !self.hold_off.active()
+            && match self.send(&due).await {
+                Ok(_) => {
+                    self.hold_off.record(true);
+                    true
+                }
+                Err(e) => {
+                    self.failed("add", &e);
+                    false
+                }
+            };
+        if !sent {
             // What could not be sent is counted here, on this instance.
             for (c, n) in &due {
                 if let Err(e) = self.fallback.add(std::slice::from_ref(c), Micros(*n)).await {
@@ -277,6 +290,7 @@ impl RedisInner {
     }
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.hold_off.record(false);
         if self.healthy.swap(false, Ordering::Relaxed) {
             log::warn!("budgets: Redis unreachable ({what}: {e}); this instance counts spend on its own");
         }
@@ -315,8 +329,12 @@ impl RedisInner {
         if let Some(values) = self.recent(counters) {
             return Ok(values);
         }
+        if self.hold_off.active() {
+            return self.fallback.spent(counters).await;
+        }
         match self.try_spent(counters).await {
             Ok(v) => {
+                self.hold_off.record(true);
                 self.remember(counters, &v);
                 Ok(v)
             }
@@ -356,8 +374,14 @@ impl RedisInner {
 
     async fn add_now(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
         let adds: Vec<(Counter, u64)> = counters.iter().map(|c| (c.clone(), amount.0)).collect();
+        if self.hold_off.active() {
+            return self.fallback.add(counters, amount).await;
+        }
         match self.send(&adds).await {
-            Ok(values) => Ok(values),
+            Ok(values) => {
+                self.hold_off.record(true);
+                Ok(values)
+            }
             Err(e) => {
                 self.failed("add", &e);
                 self.fallback.add(counters, amount).await
@@ -366,6 +390,9 @@ impl RedisInner {
     }
 
     async fn first_time(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        if self.hold_off.active() {
+            return self.fallback.first_time(key, ttl).await;
+        }
         let answer: Result<Option<String>, String> = match thread_client(&self.url, &self.config).await {
             Ok(client) => client
                 .set(
@@ -380,7 +407,10 @@ impl RedisInner {
             Err(e) => Err(e.0),
         };
         match answer {
-            Ok(set) => Ok(set.is_some()),
+            Ok(set) => {
+                self.hold_off.record(true);
+                Ok(set.is_some())
+            }
             Err(e) => {
                 self.failed("mark", &e);
                 self.fallback.first_time(key, ttl).await
@@ -390,13 +420,14 @@ impl RedisInner {
 }
 
 impl RedisSpend {
-    /// `healthy` is shared with the limits store: one Redis, one health flag. `refresh`: see the
-    /// module's notes.
+    /// `healthy` and `hold_off` are shared with the limits store: one Redis, one health flag, one
+    /// pause after failures. `refresh`: see the module's notes.
     pub fn new(
         url: &str,
         prefix: &str,
         seeder: Option<Arc<Seeder>>,
         healthy: Arc<AtomicBool>,
+        hold_off: Arc<HoldOff>,
         refresh: Duration,
         ca_file: Option<&str>,
     ) -> Result<Self, String> {
@@ -409,6 +440,7 @@ impl RedisSpend {
             fallback: MemorySpend::new(seeder.clone()),
             seeder,
             healthy,
+            hold_off,
             scheduled: AtomicBool::new(false),
             seen: Mutex::new(HashMap::new()),
             refresh,
