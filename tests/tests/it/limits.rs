@@ -100,8 +100,7 @@ async fn two_instances_sharing_redis_share_one_limit() {
     }
     assert_eq!(admitted, 5, "the team's 5 per minute hold across both instances");
     assert_eq!(mock.hits(), 5);
-    let h: serde_json::Value =
-        crate::client().get(a.url("/health")).send().await.unwrap().json().await.unwrap();
+    let h = health(&a).await;
     assert_eq!(h["redis"], "ok");
 }
 
@@ -119,8 +118,7 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
         v
     };
     assert_eq!(statuses, [200, 200, 429], "the in-process limiter took over");
-    let h: serde_json::Value =
-        crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap();
+    let h = health(&gw).await;
     assert_eq!(h["status"], "degraded");
     assert!(h["redis"].as_str().unwrap().starts_with("unreachable"));
 }
@@ -141,12 +139,8 @@ async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
         redis.url()
     );
     let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
-    let health = || async {
-        let r = crate::client().get(gw.url("/health")).send().await.unwrap();
-        r.json::<serde_json::Value>().await.unwrap()
-    };
     assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
-    assert_eq!(health().await["redis"], "ok");
+    assert_eq!(health(&gw).await["redis"], "ok");
 
     redis.pause();
     let r = crate::client()
@@ -159,7 +153,7 @@ async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
         .expect("an answer while Redis hangs");
     assert_eq!(r.status(), 200, "the in-process limiter answered");
     assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
-    let h = health().await;
+    let h = health(&gw).await;
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["redis"], "unreachable: limits enforced per instance");
     // Each would wait out the deadline if the gateway kept asking the hung Redis (20 x 250 ms);
@@ -172,16 +166,7 @@ async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
     assert!(took < Duration::from_millis(2_500), "20 requests took {took:?} while Redis hung");
 
     redis.resume();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
-        assert_eq!(r.status(), 200);
-        if health().await["redis"] == "ok" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "Redis answers again, the gateway never used it");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_redis_is_used(&gw).await;
 }
 
 /// A Redis that is down when the gateway starts and comes up later is used once it answers (its
@@ -193,10 +178,6 @@ async fn a_redis_that_comes_up_after_the_gateway_is_used_once_it_answers() {
     let mock = MockOpenAi::start().await;
     let extra = format!("[state]\nredis = \"redis://127.0.0.1:{port}\"\n[limits]\napp = {{ rpm = 100 }}\n");
     let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
-    let health = || async {
-        let r = crate::client().get(gw.url("/health")).send().await.unwrap();
-        r.json::<serde_json::Value>().await.unwrap()
-    };
     // No request waits out the command deadline (250 ms) on a connection known to be down.
     let started = std::time::Instant::now();
     for _ in 0..10 {
@@ -204,17 +185,26 @@ async fn a_redis_that_comes_up_after_the_gateway_is_used_once_it_answers() {
     }
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1_250), "10 requests took {took:?} while Redis was down");
-    assert_eq!(health().await["redis"], "unreachable: limits enforced per instance");
+    assert_eq!(health(&gw).await["redis"], "unreachable: limits enforced per instance");
 
     let _redis = sluice_tests::redis_server::RedisServer::start_on(port);
+    until_redis_is_used(&gw).await;
+}
+
+/// `/health` of `gw`.
+async fn health(gw: &TestGateway) -> serde_json::Value {
+    crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Sends requests (each served) until `/health` says Redis is used again; fails after 10 s.
+async fn until_redis_is_used(gw: &TestGateway) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
-        assert_eq!(r.status(), 200);
-        if health().await["redis"] == "ok" {
-            break;
+        assert_eq!(post(gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+        if health(gw).await["redis"] == "ok" {
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "Redis is up, the gateway never used it");
+        assert!(std::time::Instant::now() < deadline, "Redis answers, the gateway never used it again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -394,8 +384,7 @@ async fn limits_and_budgets_work_on_a_redis_cluster_one_slot_per_request() {
         [200, 200, 200, 200, 429, 429],
         "the team's 4 per minute hold across both instances"
     );
-    let h: serde_json::Value =
-        crate::client().get(a.url("/health")).send().await.unwrap().json().await.unwrap();
+    let h = health(&a).await;
     assert_eq!(h["redis"], "ok", "no CROSSSLOT or other failure: {h}");
     assert!(a.stderr().is_empty() || !a.stderr().contains("CROSSSLOT"), "{}", a.stderr());
 }
