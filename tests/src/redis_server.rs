@@ -35,6 +35,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// How many connections other clients have open (`CLIENT LIST`, less the asking one).
+    pub fn clients(&self) -> usize {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "client", "list"])
+            .output()
+            .expect("redis-cli client list");
+        assert!(out.status.success(), "client list: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().count().saturating_sub(1)
+    }
+
     /// Stops the process (SIGSTOP): its connections stay open, nothing is answered.
     pub fn pause(&self) {
         self.signal("-STOP");

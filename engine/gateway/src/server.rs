@@ -15,8 +15,11 @@ use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::background_service;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{
+    ListenFds, RunArgs, RuntimeOpts, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::background::BackgroundService;
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::providers::Transport;
@@ -176,7 +179,7 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
         _ => None,
     };
     for proxy in workers {
-        server.add_service(proxy);
+        server.add_service(WorkerService { inner: proxy, gateway: gateway.clone() });
     }
     if let Some((admin_listen, api)) = admin {
         let mut svc = pingora::services::listening::Service::new("admin".into(), api);
@@ -246,6 +249,46 @@ fn pools(gateway: &Gateway) -> Vec<Arc<LoadBalancer<RoundRobin>>> {
         }
     }
     seen
+}
+
+/// A worker's proxy service, which first connects the worker thread to Redis (when state lives
+/// there), so that no request waits for the connection.
+struct WorkerService<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for WorkerService<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
+        // This runs on the worker's own runtime: the connection is the worker thread's.
+        if let Some(redis) = self.gateway.redis_warmup.clone() {
+            tokio::spawn(async move { redis.connect().await });
+        }
+        self.inner.start_service(fds, shutdown, listeners_per_fd, ready_notifier).await
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(&self, global: &RuntimeOpts) -> Option<RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
 }
 
 /// Runs a pool's discovery and health checks (a `LoadBalancer` is itself a background service).

@@ -131,8 +131,8 @@ async fn with_redis_unreachable_each_instance_still_limits_and_health_says_so() 
 async fn a_hung_redis_costs_a_request_the_deadline_not_a_hang() {
     let redis = sluice_tests::redis_server::RedisServer::start();
     let mock = MockOpenAi::start().await;
-    // One worker thread, so its connection is made before Redis hangs (a thread's first connection
-    // is waited for, up to 3 s).
+    // One worker thread: its connection is surely made before Redis hangs (the requests of a
+    // thread's first moments wait for its first connection, up to 3 s).
     let extra = format!(
         "[server]\nthreads = 1\n[state]\nredis = \"{}\"\n[limits]\napp = {{ rpm = 100 }}\n\
          [budgets]\nteam = {{ daily = \"10.00\" }}\nrefresh = \"0ms\"\n",
@@ -189,6 +189,29 @@ async fn a_redis_that_comes_up_after_the_gateway_is_used_once_it_answers() {
 
     let _redis = sluice_tests::redis_server::RedisServer::start_on(port);
     until_redis_is_used(&gw).await;
+}
+
+/// Each worker thread connects to Redis as it starts, so that no request waits for the connection.
+#[tokio::test]
+async fn each_worker_thread_connects_to_redis_as_it_starts() {
+    let redis = sluice_tests::redis_server::RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "[server]\nthreads = 2\n[state]\nredis = \"{}\"\n[limits]\napp = {{ rpm = 100 }}\n",
+        redis.url()
+    );
+    let _gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while redis.clients() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} connections, expected one per worker",
+            redis.clients()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(redis.clients(), 2, "one connection per worker thread, shared by the stores");
+    assert_eq!(mock.hits(), 0, "no request was needed");
 }
 
 /// `/health` of `gw`.

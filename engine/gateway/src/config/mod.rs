@@ -211,7 +211,7 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
     };
     let seeder = reader.clone().map(|r| Arc::new(Seeder::new(r)));
     // Limit and spend counters live in Redis when configured (shared by instances), else in memory.
-    let (limits_store, spend_store, redis_healthy): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
+    let (limits_store, spend_store, redis): (Arc<dyn LimitStore>, Arc<dyn SpendStore>, _) =
         match &file.state.redis {
             Some(reference) => {
                 let url = if is_reference(reference) {
@@ -241,7 +241,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                     file.state.redis_ca_file.as_deref(),
                 )
                 .map_err(|e| format!("state.redis: {e}"))?;
-                (Arc::new(limits), Arc::new(spend), Some(healthy))
+                let warmup = limits.warmup();
+                (Arc::new(limits), Arc::new(spend), Some((healthy, warmup)))
             }
             None => (Arc::new(MemoryLimits::default()), Arc::new(MemorySpend::new(seeder)), None),
         };
@@ -335,7 +336,8 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
         plugins,
         metrics,
         lifecycle: Default::default(),
-        redis_healthy,
+        redis_healthy: redis.as_ref().map(|(healthy, _)| healthy.clone()),
+        redis_warmup: redis.map(|(_, warmup)| warmup),
     })
 }
 

@@ -72,6 +72,8 @@ pub struct Gateway {
     pub lifecycle: Arc<Lifecycle>,
     /// Set when state lives in Redis: whether its last call answered.
     pub redis_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set when state lives in Redis: the connection each worker thread makes as it starts.
+    pub redis_warmup: Option<crate::stores::redis::Warmup>,
 }
 
 /// Per-request state: the plugins' shared facts plus the engine's own bookkeeping.

@@ -169,9 +169,9 @@ pub fn redis_config(url: &str, ca_file: Option<&str>) -> Result<Config, String> 
     Ok(config)
 }
 
-/// This thread's connection to `url`, made on first use; the first uses wait for it (up to
-/// [`FIRST_CONNECTION`]), later commands only wait their own 250 ms. Shared by every store using
-/// the same Redis.
+/// This thread's connection to `url`, made as the worker starts ([`Warmup`]) or on first use; the
+/// uses of its first moments wait for it (up to [`FIRST_CONNECTION`]), later commands only wait
+/// their own 250 ms. Shared by every store using the same Redis.
 ///
 /// While the connection is down this answers at once with an error, so a request falls back
 /// without waiting on a command that cannot be sent. A lost connection is re-made by fred's
@@ -208,6 +208,22 @@ pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreEr
         }
     }
     if client.is_connected() { Ok(client) } else { Err(StoreError("not connected".into())) }
+}
+
+/// A Redis that each worker thread connects to as it starts, so that no request waits for the
+/// connection (nor, on a Redis Cluster, for the slots to be learned).
+#[derive(Clone)]
+pub struct Warmup {
+    url: String,
+    config: Config,
+}
+
+impl Warmup {
+    /// Makes this thread's connection ([`thread_client`]); a failure is logged there and the
+    /// connection is tried again on use.
+    pub async fn connect(&self) {
+        let _ = thread_client(&self.url, &self.config).await;
+    }
 }
 
 pub struct RedisLimits {
@@ -325,6 +341,11 @@ impl RedisLimits {
     /// Whether the last call reached Redis (else the in-process limiter is answering).
     pub fn healthy(&self) -> Arc<AtomicBool> {
         self.healthy.clone()
+    }
+
+    /// The connection each worker thread makes as it starts.
+    pub fn warmup(&self) -> Warmup {
+        Warmup { url: self.url.clone(), config: self.config.clone() }
     }
 
     /// When to leave this Redis alone; to be shared with the other stores using it.
