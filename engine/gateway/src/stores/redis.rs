@@ -180,6 +180,9 @@ pub fn redis_config(url: &str, ca_file: Option<&str>) -> Result<Config, String> 
 pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreError> {
     let (client, wait, fresh) = CLIENTS.with(|clients| {
         if let Some(c) = clients.borrow_mut().get_mut(url) {
+            if c.client.is_connected() {
+                return Ok((c.client.clone(), None, false));
+            }
             if c.task.is_finished() && c.started.elapsed() >= RETRY_FIRST_CONNECTION {
                 c.task = c.client.connect();
                 c.started = Instant::now();
@@ -194,8 +197,8 @@ pub async fn thread_client(url: &str, config: &Config) -> Result<Client, StoreEr
             .build()
             .map_err(|e| StoreError(e.to_string()))?;
         let task = client.connect();
-        let (started, created) = (Instant::now(), Instant::now());
-        let c = ThreadClient { client: client.clone(), task, started, created };
+        let now = Instant::now();
+        let c = ThreadClient { client: client.clone(), task, started: now, created: now };
         clients.borrow_mut().insert(url.to_owned(), c);
         Ok::<_, StoreError>((client, Some(FIRST_CONNECTION), true))
     })?;
