@@ -373,10 +373,10 @@ impl RedisInner {
     }
 
     async fn add_now(&self, counters: &[Counter], amount: Micros) -> Result<Vec<Micros>, StoreError> {
-        let adds: Vec<(Counter, u64)> = counters.iter().map(|c| (c.clone(), amount.0)).collect();
         if self.hold_off.active() {
             return self.fallback.add(counters, amount).await;
         }
+        let adds: Vec<(Counter, u64)> = counters.iter().map(|c| (c.clone(), amount.0)).collect();
         match self.send(&adds).await {
             Ok(values) => {
                 self.hold_off.record(true);
