@@ -29,6 +29,8 @@ pub struct Adjustment {
     pub limit: u64,
     pub period: Duration,
     pub delta: i64,
+    /// Corrects a reservation the store's stand-in made ([`BucketState::fallback`]).
+    pub fallback: bool,
 }
 
 /// The state of one bucket after a decision, for headers and 429 messages.
@@ -41,6 +43,9 @@ pub struct BucketState {
     pub reset: Duration,
     /// When refused: how long until this charge would fit.
     pub retry_after: Duration,
+    /// Decided by the store's stand-in (the in-process limiter while Redis does not answer), not
+    /// by the store itself: the corrections of this reservation go to the stand-in as well.
+    pub fallback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +94,7 @@ pub fn gcra(tat_ms: Option<f64>, now_ms: f64, c: &Charge) -> (f64, BucketState) 
         remaining: remaining.min(c.limit),
         reset: Duration::from_secs_f64(((kept - now_ms).max(0.0)) / 1000.0),
         retry_after: Duration::from_secs_f64(retry_after.max(0.0) / 1000.0),
+        fallback: false,
     };
     (kept, state)
 }

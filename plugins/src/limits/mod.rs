@@ -53,6 +53,8 @@ fn is_parent(parent: &str, level: &str) -> bool {
 struct Reserved {
     token_buckets: Vec<(String, u64)>,
     estimate: u64,
+    /// Reserved by the store's stand-in, which gets the corrections too.
+    fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +271,8 @@ impl Plugin for Limits {
             .filter(|(_, (_, _, unit))| *unit == Unit::Tokens)
             .map(|(c, _)| (c.key.clone(), c.limit))
             .collect();
-        ctx.extensions.insert(Reserved { token_buckets, estimate });
+        let fallback = states.iter().any(|s| s.fallback);
+        ctx.extensions.insert(Reserved { token_buckets, estimate, fallback });
         Ok(Flow::Continue)
     }
 
@@ -283,7 +286,13 @@ impl Plugin for Limits {
         let adjustments: Vec<Adjustment> = reserved
             .token_buckets
             .iter()
-            .map(|(key, limit)| Adjustment { key: key.clone(), limit: *limit, period: PERIOD, delta })
+            .map(|(key, limit)| Adjustment {
+                key: key.clone(),
+                limit: *limit,
+                period: PERIOD,
+                delta,
+                fallback: reserved.fallback,
+            })
             .collect();
         if let Err(e) = self.store.adjust(&adjustments).await {
             log::warn!("limits: cannot reconcile the token reservation of request {}: {e}", ctx.request_id);

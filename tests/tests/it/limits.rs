@@ -191,6 +191,45 @@ async fn a_redis_that_comes_up_after_the_gateway_is_used_once_it_answers() {
     until_redis_is_used(&gw).await;
 }
 
+/// A reservation past its deadline may still run in Redis (a slow Redis answers late): the token
+/// corrections that rode along with it are not sent again, and the request the in-process limiter
+/// admitted instead is corrected there, not in Redis. Either sent to Redis (again) a refund would
+/// return capacity Redis never gave back or never took, and let the org past its limit.
+#[tokio::test]
+async fn a_reservation_redis_ran_too_late_is_not_refunded_twice() {
+    let redis = sluice_tests::redis_server::RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    // Each request reserves 63 tokens and is corrected to the 18 the mock reports (a refund of 45),
+    // as in `token_corrections`; one worker thread, so one connection.
+    let extra = format!(
+        "[server]\nthreads = 1\n[state]\nredis = \"{}\"\n[limits]\ndefault_max_tokens = 60\n\
+         app = {{ tpm = 100 }}\n",
+        redis.url()
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    // 63 reserved in Redis; the refund of 45 waits for the next reservation.
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+
+    // Redis stops answering: the second reservation, carrying the refund, passes its deadline and
+    // the in-process limiter admits the request; once Redis goes on, the script runs after all:
+    // 63 - 45 + 63 = 81 in Redis, where the second request's refund never arrives.
+    redis.pause();
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    redis.resume();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 81 + 63 > 100: refused, 19 left (20 once a second's refill — 100 a minute — is counted).
+    // With the first refund sent again (99 - 63 = 36) or the second sent to Redis (81 - 45), the
+    // third request would have been admitted.
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    let remaining = r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().to_owned();
+    let e = openai_error(r, 429).await;
+    assert!(e["message"].as_str().unwrap().contains("TPM"), "{e}");
+    assert!(["19", "20", "21"].contains(&remaining.as_str()), "{remaining} tokens left");
+    assert_eq!(health(&gw).await["redis"], "ok", "Redis answered the third reservation");
+    assert_eq!(mock.hits(), 2);
+}
+
 /// Each worker thread connects to Redis as it starts, so that no request waits for the connection.
 #[tokio::test]
 async fn each_worker_thread_connects_to_redis_as_it_starts() {
@@ -430,7 +469,9 @@ async fn a_correction_with_nothing_to_ride_along_is_sent_on_its_own() {
     assert!(reserved[0].allowed);
     assert_eq!(reserved[0].remaining, 40);
     // 50 of the 60 tokens were not used: the refund waits for a reservation to ride along with...
-    one.adjust(&[Adjustment { key: key.clone(), limit: 100, period, delta: -50 }]).await.unwrap();
+    one.adjust(&[Adjustment { key: key.clone(), limit: 100, period, delta: -50, fallback: false }])
+        .await
+        .unwrap();
     assert_eq!(other.reserve(&[charge(0)]).await.unwrap()[0].remaining, 40, "not sent yet");
     // ...and, none coming, goes on its own once older than the fold window.
     tokio::time::sleep(Duration::from_millis(150)).await;

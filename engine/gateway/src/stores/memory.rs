@@ -96,8 +96,13 @@ mod tests {
         let store = MemoryLimits::default();
         store.reserve(&[charge("tpm", 100, 100)]).await.unwrap();
         assert!(!store.reserve(&[charge("tpm", 100, 1)]).await.unwrap()[0].allowed);
-        let refund =
-            Adjustment { key: "tpm".into(), limit: 100, period: Duration::from_secs(60), delta: -60 };
+        let refund = Adjustment {
+            key: "tpm".into(),
+            limit: 100,
+            period: Duration::from_secs(60),
+            delta: -60,
+            fallback: false,
+        };
         store.adjust(&[refund]).await.unwrap();
         let s = store.reserve(&[charge("tpm", 100, 50)]).await.unwrap();
         assert!(s[0].allowed);

@@ -10,6 +10,13 @@
 //! their own. A refund thus returns capacity up to 100 ms late (never early), and corrections
 //! pending when the process stops are lost, which only errs on the side of the limit.
 //!
+//! A call that Redis may have run is never sent again: a command past its deadline may still run
+//! (a slow Redis answers late), so corrections that rode along with it are dropped, not re-queued
+//! — only those of a call that never left (no connection) wait for the next one. A reservation
+//! the in-process limiter made instead is corrected there, never in Redis, which did not take it;
+//! if the reservation also ran in Redis after its deadline, Redis keeps it uncorrected until it
+//! expires — again on the side of the limit.
+//!
 //! When Redis cannot answer (down, slow beyond the command timeout), the in-process limiter takes
 //! over for this instance — limits stay in force, but per instance — and `/health` says so. A
 //! request never waits on a connection known to be down, and after three failed calls in a row
@@ -310,11 +317,38 @@ pub(crate) fn tag(key: &str) -> &str {
     }
 }
 
+/// A failed call of [`RESERVE`].
+struct CallError {
+    message: String,
+    /// Whether the command left: past its deadline it may still run, so it is not sent again.
+    sent: bool,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl RedisLimits {
-    /// Adds corrections to the pending ones (deltas of one bucket add up).
+    /// The in-process limiter's decision, marked as such (its corrections go to it).
+    async fn reserve_locally(
+        &self,
+        local: &MemoryLimits,
+        charges: &[Charge],
+    ) -> Result<Vec<BucketState>, StoreError> {
+        let mut states = local.reserve(charges).await?;
+        for s in &mut states {
+            s.fallback = true;
+        }
+        Ok(states)
+    }
+
+    /// Adds corrections of Redis' reservations to the pending ones (deltas of one bucket add up);
+    /// those of the in-process limiter's are not Redis' to apply.
     fn defer(&self, adjustments: &[Adjustment]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for a in adjustments {
+        for a in adjustments.iter().filter(|a| !a.fallback) {
             pending
                 .by_key
                 .entry(a.key.clone())
@@ -362,14 +396,19 @@ impl RedisLimits {
 
     /// One call of [`RESERVE`]: reserves `charges` after applying `corrections`. Returns the states
     /// of the charges, or what went wrong.
-    async fn call(&self, charges: &[Charge], corrections: &[Adjustment]) -> Result<Vec<BucketState>, String> {
+    async fn call(
+        &self,
+        charges: &[Charge],
+        corrections: &[Adjustment],
+    ) -> Result<Vec<BucketState>, CallError> {
         let (keys, args) = self.arguments(charges, corrections);
-        let client = self.client().await.map_err(|e| e.0)?;
+        let client = self.client().await.map_err(|e| CallError { message: e.0, sent: false })?;
+        let sent = |message: String| CallError { message, sent: true };
         let reply: Option<Bytes> =
-            self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| e.to_string())?;
+            self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| sent(e.to_string()))?;
         let reply = reply.unwrap_or_default();
         if reply.len() != charges.len() * 32 {
-            return Err(format!("Redis answered {} bytes for {} buckets", reply.len(), charges.len()));
+            return Err(sent(format!("Redis answered {} bytes for {} buckets", reply.len(), charges.len())));
         }
         let numbers: Vec<f64> = reply
             .chunks_exact(8)
@@ -383,6 +422,7 @@ impl RedisLimits {
                 remaining: r[1].max(0.0) as u64,
                 reset: ms(r[2]),
                 retry_after: ms(r[3]),
+                fallback: false,
             })
             .collect())
     }
@@ -448,7 +488,7 @@ impl LimitStore for RedisLimits {
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError> {
         if self.hold_off.active() {
             return match &self.fallback {
-                Some(local) => local.reserve(charges).await,
+                Some(local) => self.reserve_locally(local, charges).await,
                 None => Err(StoreError("Redis failed repeatedly less than a second ago".into())),
             };
         }
@@ -467,28 +507,33 @@ impl LimitStore for RedisLimits {
             }
             None => Vec::new(),
         };
-        let answer = self.call(charges, &folded).await;
-        if answer.is_err() && !folded.is_empty() {
-            self.defer(&folded);
-        }
-        match answer {
+        match self.call(charges, &folded).await {
             Ok(states) => {
                 self.note(true, "reserve", None);
                 Ok(states)
             }
             Err(e) => {
+                if !e.sent {
+                    self.defer(&folded);
+                }
                 self.note(false, "reserve", Some(&e));
                 match &self.fallback {
-                    Some(local) => local.reserve(charges).await,
-                    None => Err(StoreError(e)),
+                    Some(local) => self.reserve_locally(local, charges).await,
+                    None => Err(StoreError(e.message)),
                 }
             }
         }
     }
 
     /// Corrections wait (up to [`FOLD_WINDOW`]) for the next reservation of their org; older ones
-    /// are sent now, one call per org.
+    /// are sent now, one call per org. Those of the in-process limiter's reservations go to it.
     async fn adjust(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
+        if let Some(local) = &self.fallback
+            && adjustments.iter().any(|a| a.fallback)
+        {
+            let theirs: Vec<Adjustment> = adjustments.iter().filter(|a| a.fallback).cloned().collect();
+            local.adjust(&theirs).await?;
+        }
         self.defer(adjustments);
         if self.hold_off.active() {
             // They wait for Redis to answer again.
@@ -508,11 +553,19 @@ impl LimitStore for RedisLimits {
         }
         for group in by_tag.into_values() {
             let group: Vec<Adjustment> = group.into_iter().cloned().collect();
-            if let Err(e) = self.call(&[], &group).await {
-                self.note(false, "adjust", Some(&e));
-                match &self.fallback {
-                    Some(local) => local.adjust(&group).await?,
-                    None => return Err(StoreError(e)),
+            match self.call(&[], &group).await {
+                Ok(_) => self.note(true, "adjust", None),
+                Err(e) => {
+                    self.note(false, "adjust", Some(&e));
+                    if e.sent {
+                        // Past its deadline it may still run: not sent again.
+                        log::warn!(
+                            "limits: {} token corrections may not have reached Redis: {e}",
+                            group.len()
+                        );
+                    } else {
+                        self.defer(&group);
+                    }
                 }
             }
         }
