@@ -207,8 +207,10 @@ async fn a_reservation_redis_ran_too_late_is_not_refunded_twice() {
         redis.url()
     );
     let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
-    // 63 reserved in Redis; the refund of 45 waits for the next reservation.
+    // 63 reserved in Redis; the refund of 45 waits for the next reservation (made by the time the
+    // first request is logged, surely within 100 ms).
     assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Redis stops answering: the second reservation, carrying the refund, passes its deadline and
     // the in-process limiter admits the request; once Redis goes on, the script runs after all:
