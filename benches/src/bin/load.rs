@@ -19,6 +19,7 @@
 //! are printed per request. Unlike CPU time on a shared machine, the count repeats from run to run,
 //! so it shows what a change to the request path did (valgrind is needed; `scripts/bench-load`
 //! installs it). `LOAD_CALLGRIND_DIR=DIR` keeps the counts as `DIR/<name>.out`.
+//! `LOAD_SLUICE_EXTRA=TOML` is appended to Sluice's configuration (e.g. `[records]` settings).
 
 #![allow(
     clippy::unwrap_used,
@@ -279,6 +280,8 @@ fn start_sluice(
          [models.m]\ntargets = [{{ provider = \"up\", model = \"m\" }}]\n\
          [[keys.key]]\nid = \"load\"\ndemo_key = \"{KEY}\"\norg = \"o\"\nteam = \"t\"\napp = \"a\"\n{limits}"
     );
+    // `LOAD_SLUICE_EXTRA=TOML` is appended to Sluice's configuration, for a comparison of settings.
+    let config = config + &std::env::var("LOAD_SLUICE_EXTRA").unwrap_or_default();
     let path = dir.join("sluice.toml");
     std::fs::write(&path, config).unwrap();
     let child = launch(&gateway_binary(), "sluice")
