@@ -43,7 +43,7 @@ impl Micros {
 
     /// Dollars with six decimals, e.g. `0.000150`: exact, for JSON and logs.
     pub fn usd(self) -> String {
-        format!("{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+        Usd(self).to_string()
     }
 
     pub fn saturating_add(self, other: Micros) -> Micros {
@@ -53,7 +53,17 @@ impl Micros {
 
 impl std::fmt::Display for Micros {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "${}", self.usd())
+        write!(f, "${}", Usd(*self))
+    }
+}
+
+/// An amount as [`Micros::usd`] writes it, for writing it without a string of its own.
+#[derive(Clone, Copy)]
+pub struct Usd(pub Micros);
+
+impl std::fmt::Display for Usd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:06}", self.0.0 / 1_000_000, self.0.0 % 1_000_000)
     }
 }
 

@@ -94,11 +94,32 @@ pub fn start_access_flusher() {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+    Timestamp::now().as_str().to_owned()
 }
 
-/// `d` after the Unix epoch as `2026-12-01T01:02:03.456Z`.
-fn rfc3339(d: std::time::Duration) -> String {
+/// A time as `2026-12-01T01:02:03.456Z`, kept in place: the access line's needs no allocation.
+#[derive(Clone, Copy)]
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Digits and ASCII punctuation only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// `d` after the Unix epoch.
+fn rfc3339(d: std::time::Duration) -> Timestamp {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     use sluice_core::calendar::put_digits;
@@ -113,7 +134,7 @@ fn rfc3339(d: std::time::Duration) -> String {
     put(14, 2, ((rem % 3600) / 60) as u64);
     put(17, 2, (rem % 60) as u64);
     put(20, 3, u64::from(d.subsec_millis()));
-    out.iter().map(|&b| char::from(b)).collect()
+    Timestamp(out)
 }
 
 #[cfg(test)]
@@ -124,7 +145,7 @@ mod tests {
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T");
         let d = std::time::Duration::from_millis(1_764_550_923_456);
-        assert_eq!(super::rfc3339(d), "2025-12-01T01:02:03.456Z");
-        assert_eq!(super::rfc3339(std::time::Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(d).as_str(), "2025-12-01T01:02:03.456Z");
+        assert_eq!(super::rfc3339(std::time::Duration::ZERO).as_str(), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -99,5 +99,12 @@ async fn every_response_carries_the_request_id_and_server_timing_and_one_access_
     assert_eq!(l["key_id"], "test");
     assert_eq!(l["team"], "t");
     assert!(l["overhead_us"].as_u64().is_some());
+    let ts = l["ts"].as_str().unwrap();
+    assert!(ts.len() == 24 && ts.starts_with("20") && &ts[10..11] == "T" && ts.ends_with('Z'), "{ts}");
+    assert!(l["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{l}");
+    // Dollars with six decimals, as in /admin/spend.
+    let usd = l["cost_usd"].as_str().unwrap();
+    let (whole, micros) = usd.split_once('.').unwrap();
+    assert!(whole.parse::<u64>().is_ok() && micros.len() == 6 && micros.parse::<u64>().is_ok(), "{usd}");
     assert_eq!(mock.requests()[0].header("x-request-id"), Some("trace-abc-123"));
 }

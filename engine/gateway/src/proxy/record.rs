@@ -4,14 +4,16 @@
 use pingora::Error;
 use pingora::proxy::Session;
 use serde::Serialize;
+use sluice_core::money::Usd;
 use sluice_core::record::CostRecord;
 
 use super::{Ctx, Gateway};
 
-/// One access-log line. Serialized straight from borrowed fields: no map is built per request.
+/// One access-log line. Serialized straight from borrowed fields: no map is built per request, and
+/// no string is made for a field that can be written as it is formatted.
 #[derive(Serialize)]
 struct AccessLine<'a> {
-    ts: String,
+    ts: crate::logging::Timestamp,
     level: &'static str,
     msg: &'static str,
     request_id: &'a str,
@@ -30,12 +32,21 @@ struct AccessLine<'a> {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     usage_estimated: Option<bool>,
-    cost_usd: Option<String>,
+    cost_usd: Option<Shown<Usd>>,
     key_id: Option<&'a str>,
     team: Option<&'a str>,
     app: Option<&'a str>,
     error: Option<&'a str>,
-    client: Option<String>,
+    client: Option<Shown<&'a pingora::protocols::l4::socket::SocketAddr>>,
+}
+
+/// A value written into the line as a JSON string of its `Display`, without an allocation.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -46,11 +57,13 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let core = &ctx.core;
     let model = core.model.as_deref().unwrap_or("");
     let target = core.target.as_ref().map_or("none", |t| t.name.as_str());
-    let status = core.status.to_string();
+    // The label of a status is the code's own static text (no string per request).
+    let code = http::StatusCode::from_u16(core.status).ok();
+    let status = code.as_ref().map_or("0", http::StatusCode::as_str);
     let elapsed = core.started.elapsed();
     let overhead = ctx.overhead();
     let m = &gw.metrics;
-    m.requests.with_label_values(&[ctx.route_label, model, target, &status]).inc();
+    m.requests.with_label_values(&[ctx.route_label, model, target, status]).inc();
     m.latency.with_label_values(&[ctx.route_label, model]).observe(elapsed.as_secs_f64());
     if ctx.route_label.starts_with("/v1/") {
         m.overhead.observe(overhead.as_secs_f64());
@@ -70,7 +83,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let req = session.req_header();
     let identity = core.identity.as_ref();
     let line = AccessLine {
-        ts: crate::logging::now_rfc3339(),
+        ts: crate::logging::Timestamp::now(),
         level: "info",
         msg: "access",
         request_id: &core.request_id,
@@ -93,12 +106,12 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
         prompt_tokens: core.usage.map(|u| u.prompt_tokens),
         completion_tokens: core.usage.map(|u| u.completion_tokens),
         usage_estimated: core.usage.map(|u| u.estimated),
-        cost_usd: core.cost.map(|c| c.usd()),
+        cost_usd: core.cost.map(|c| Shown(Usd(c))),
         key_id: identity.map(|i| i.key_id.as_str()),
         team: identity.map(|i| i.team.as_str()),
         app: identity.map(|i| i.app.as_str()),
         error: ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
-        client: session.client_addr().map(|a| a.to_string()),
+        client: session.client_addr().map(Shown),
     };
     crate::logging::access(&line);
 }
