@@ -202,9 +202,8 @@ impl ProxyHttp for Worker {
 impl Gateway {
     /// Dispatches one request; any error is rendered by the caller.
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
-        let method = session.req_header().method.as_str().to_owned();
-        let path = session.req_header().uri.path().to_owned();
-        let route = inbound::route(&method, &path);
+        let req = session.req_header();
+        let route = inbound::route(req.method.as_str(), req.uri.path());
         ctx.route_label = match route {
             RouteKind::Health => "/health",
             RouteKind::Metrics => "/metrics",
@@ -264,12 +263,14 @@ impl Gateway {
             }
             RouteKind::WrongMethod(allow) => {
                 ctx.allow = Some(allow);
+                let (method, path) = (req.method.as_str(), req.uri.path());
                 Err(GatewayError::new(
                     ErrorKind::MethodNotAllowed,
                     format!("Method {method} is not allowed on {path}; use {allow}."),
                 ))
             }
             RouteKind::Unknown => {
+                let (method, path) = (req.method.as_str(), req.uri.path());
                 Err(GatewayError::new(ErrorKind::NotFound, format!("Invalid URL ({method} {path})")))
             }
             RouteKind::Api(endpoint) => self.api(session, ctx, endpoint).await,
