@@ -273,9 +273,29 @@ async fn until_redis_is_used(gw: &TestGateway) {
     }
 }
 
-/// Sends `n` requests at once, alternating between `a` and `b`; returns how many were admitted.
-/// A 429 or a 503 (fail closed) is a refusal; anything else fails the test.
-async fn fire(a: &TestGateway, b: &TestGateway, n: usize, body: &serde_json::Value) -> u64 {
+/// What became of requests sent at once.
+#[derive(Debug, Default)]
+struct Fired {
+    admitted: u64,
+    /// Refused by the limit (429).
+    limited: u64,
+    /// Refused because the store failed (503, failing closed): on a loaded machine a Redis call can
+    /// pass its 250 ms deadline — and may still take its charge in Redis when it runs late.
+    failed: u64,
+}
+
+impl Fired {
+    /// Whether the limit itself was reached: with no store failure, `admitted` reaches `at_least`;
+    /// with some, the charges of the failed calls may have taken that room, and a request refused
+    /// by the limit shows it was reached.
+    fn reached(&self, at_least: u64) -> bool {
+        if self.failed == 0 { self.admitted >= at_least } else { self.limited > 0 }
+    }
+}
+
+/// Sends `n` requests at once, alternating between `a` and `b`. Anything but a 200, a 429 or a 503
+/// (fail closed) fails the test.
+async fn fire(a: &TestGateway, b: &TestGateway, n: usize, body: &serde_json::Value) -> Fired {
     let client = crate::client();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -289,13 +309,17 @@ async fn fire(a: &TestGateway, b: &TestGateway, n: usize, body: &serde_json::Val
             })
         })
         .collect();
-    let mut admitted = 0u64;
+    let mut fired = Fired::default();
     for t in tasks {
         let status = t.await.unwrap();
         assert!(matches!(status, 200 | 429 | 503), "unexpected status {status}");
-        admitted += u64::from(status == 200);
+        match status {
+            200 => fired.admitted += 1,
+            429 => fired.limited += 1,
+            _ => fired.failed += 1,
+        }
     }
-    admitted
+    fired
 }
 
 #[tokio::test]
@@ -306,11 +330,12 @@ async fn concurrent_load_on_two_instances_never_overshoots_the_shared_limit() {
     // request is refused (503) instead of counted against a local bucket.
     let (a, b) = two_instances(&mock, "team = { rpm = 100 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
-    let admitted = fire(&a, &b, 300, &chat_body("m")).await;
+    let fired = fire(&a, &b, 300, &chat_body("m")).await;
+    let admitted = fired.admitted;
     // What the bucket holds (100) plus what refilled while the test ran (100 per minute).
     let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as u64;
     let bound = 100 + refilled;
-    assert!(admitted >= 100, "admitted {admitted}: the limit itself must be reachable");
+    assert!(fired.reached(100), "{fired:?}: the limit itself must be reachable");
     assert!(admitted as f64 <= bound as f64 * 1.01, "admitted {admitted}, at most {bound} (+1 %)");
     assert_eq!(mock.hits() as u64, admitted);
 }
@@ -323,7 +348,8 @@ async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
     let (a, b) = two_instances(&mock, "team = { tpm = 1000 }\non_store_failure = \"closed\"").await;
     let started = std::time::Instant::now();
     let body = serde_json::json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello there"}]});
-    let admitted = fire(&a, &b, 200, &body).await;
+    let fired = fire(&a, &b, 200, &body).await;
+    let admitted = fired.admitted;
     let used = admitted * 18;
     let refilled = (started.elapsed().as_secs_f64() * 1000.0 / 60.0).ceil() as u64;
     let bound = 1000 + refilled;
@@ -331,7 +357,7 @@ async fn tokens_over_two_instances_never_overshoot_the_shared_tpm() {
         used as f64 <= bound as f64 * 1.01,
         "{admitted} requests used {used} tokens, at most {bound} (+1 %)"
     );
-    assert!(admitted >= 1000 / 23, "admitted {admitted}: the limit itself must be reachable");
+    assert!(fired.reached(1000 / 23), "{fired:?}: the limit itself must be reachable");
     assert_eq!(mock.hits() as u64, admitted);
 }
 
