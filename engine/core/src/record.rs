@@ -6,6 +6,7 @@
 //! id is kept beside it but is not the key, since a client may send the same `x-request-id` twice.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 use crate::money::Micros;
 
@@ -20,8 +21,8 @@ pub struct CostRecord {
     pub app: Option<String>,
     pub key_id: Option<String>,
     pub user: Option<String>,
-    /// The inbound endpoint, e.g. `/chat/completions`.
-    pub endpoint: String,
+    /// The inbound endpoint, e.g. `/chat/completions` (one of a few: no string made per request).
+    pub endpoint: Cow<'static, str>,
     /// The model alias the client asked for.
     pub model: Option<String>,
     pub provider: Option<String>,
@@ -42,7 +43,7 @@ pub struct CostRecord {
     pub attempts: u32,
     pub stream: bool,
     /// `hit` when the answer came from the gateway's cache, else `miss`.
-    pub cache: String,
+    pub cache: Cow<'static, str>,
     /// PII findings by kind (counts only, never values), for the audit trail.
     #[serde(default)]
     pub pii: std::collections::BTreeMap<String, u64>,

@@ -162,7 +162,7 @@ impl Writer {
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         let request_ids: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
         let ts: Vec<SystemTime> = records.iter().map(|r| time(r.ts_us)).collect();
-        let endpoints: Vec<&str> = records.iter().map(|r| r.endpoint.as_str()).collect();
+        let endpoints: Vec<&str> = records.iter().map(|r| r.endpoint.as_ref()).collect();
         let status: Vec<i16> = records.iter().map(|r| r.status as i16).collect();
         let num = |f: fn(&CostRecord) -> u64| {
             records.iter().map(|r| f(r).min(i64::MAX as u64) as i64).collect::<Vec<i64>>()
@@ -170,7 +170,7 @@ impl Writer {
         let estimated: Vec<bool> = records.iter().map(|r| r.usage_estimated).collect();
         let attempts: Vec<i32> = records.iter().map(|r| r.attempts.min(i32::MAX as u32) as i32).collect();
         let stream: Vec<bool> = records.iter().map(|r| r.stream).collect();
-        let cache: Vec<&str> = records.iter().map(|r| r.cache.as_str()).collect();
+        let cache: Vec<&str> = records.iter().map(|r| r.cache.as_ref()).collect();
         let statements = match &self.statements {
             Some(s) => s,
             None => {

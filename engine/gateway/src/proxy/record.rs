@@ -135,7 +135,7 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
         app: identity.map(|i| owned(&i.app)),
         key_id: identity.map(|i| owned(&i.key_id)),
         user: identity.and_then(|i| i.user.clone()),
-        endpoint: core.endpoint.map_or("other", |e| e.path()).to_owned(),
+        endpoint: core.endpoint.map_or("other", |e| e.path()).into(),
         model: core.model.clone(),
         provider: target.map(|t| owned(&t.provider)),
         target: target.map(|t| owned(&t.name)),
@@ -152,7 +152,7 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         attempts: core.attempts,
         stream: core.stream,
-        cache: "miss".to_owned(),
+        cache: "miss".into(),
         pii: core
             .extensions
             .get::<sluice_plugins::pii::Findings>()
