@@ -101,8 +101,9 @@ pub struct UpstreamReply {
     pub status: u16,
     pub content_type: Option<String>,
     pub body: ReplyBody,
-    /// Set when the provider's stream must be translated to OpenAI chunks on the way.
-    pub translate: Option<crate::translate::StreamTranslation>,
+    /// Set when the provider's stream must be translated to OpenAI chunks on the way (boxed: the
+    /// reply is moved along the attempt's path, and most replies need none).
+    pub translate: Option<Box<crate::translate::StreamTranslation>>,
     /// The `usage` in the body is our estimate (the provider reported none).
     pub usage_estimated: bool,
 }

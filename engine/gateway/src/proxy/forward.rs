@@ -301,8 +301,10 @@ async fn attempt(
         };
     } else {
         reply.translate = match dialect {
-            Some(Dialect::Anthropic { .. }) => Some(StreamTranslation::anthropic(unix_now())),
-            Some(Dialect::Gemini) => Some(StreamTranslation::gemini(unix_now(), &target.upstream_model)),
+            Some(Dialect::Anthropic { .. }) => Some(Box::new(StreamTranslation::anthropic(unix_now()))),
+            Some(Dialect::Gemini) => {
+                Some(Box::new(StreamTranslation::gemini(unix_now(), &target.upstream_model)))
+            }
             _ => None,
         };
     }
@@ -442,7 +444,9 @@ async fn http_attempt(
     let connector = endpoints::connector();
     for _ in 0..ENDPOINTS_PER_ATTEMPT {
         let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
-        let peer = endpoints::peer(addr, &info, settings, up.ca.clone());
+        // Boxed from the start, as the session will be: both end up in the reply's body, and a
+        // move of either by value copies hundreds of bytes (the attempt's largest memory traffic).
+        let peer = Box::new(endpoints::peer(addr, &info, settings, up.ca.clone()));
         let header = openai::header_for(
             &info,
             request.endpoint,
@@ -481,7 +485,7 @@ async fn exchange(
     addr: SocketAddr,
     header: pingora::http::RequestHeader,
     body: Bytes,
-) -> Result<HttpSession, Failure> {
+) -> Result<Box<HttpSession>, Failure> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -512,13 +516,13 @@ async fn send(
     peer: &pingora::prelude::HttpPeer,
     header: &pingora::http::RequestHeader,
     body: &Bytes,
-) -> pingora::Result<HttpSession> {
+) -> pingora::Result<Box<HttpSession>> {
     use pingora::OrErr;
     use pingora::protocols::http::v1::client::{HttpSession as Http1, http_req_header_to_wire};
     use tokio::io::AsyncWriteExt;
 
     let HttpSession::H1(h1) = s else {
-        let mut s = s;
+        let mut s = Box::new(s);
         s.write_request_header(Box::new(header.clone())).await?;
         s.write_request_body(body.clone(), true).await?;
         s.finish_request_body().await?;
@@ -543,15 +547,15 @@ async fn send(
         stream.flush().await
     };
     written.await.or_err(pingora::ErrorType::WriteError, "while writing the request")?;
-    let mut s = HttpSession::H1(Http1::new_with_options(stream, peer));
+    let mut s = Box::new(HttpSession::H1(Http1::new_with_options(stream, peer)));
     s.read_response_header().await?;
     Ok(s)
 }
 
 /// Turns a response header into a reply, or into a failure worth falling over for (408, 429, 5xx).
 async fn classify(
-    session: HttpSession,
-    peer: pingora::prelude::HttpPeer,
+    session: Box<HttpSession>,
+    peer: Box<pingora::prelude::HttpPeer>,
     idle: Duration,
     connector: Arc<Connector>,
 ) -> Result<UpstreamReply, Failure> {
@@ -567,9 +571,11 @@ async fn classify(
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(3600.0)));
-    let mut body = ReplyBody::Http { session: Box::new(session), peer: Box::new(peer), idle, connector };
+    let mut body = ReplyBody::Http { session, peer, idle, connector };
     if status == 408 || status == 429 || status >= 500 {
-        let text = read_all(&mut body).await.map(|b| openai::error_message(&b)).unwrap_or_default();
+        // Boxed: only failures read here, and inline this read would add its kilobytes to every
+        // request's state.
+        let text = Box::pin(read_all(&mut body)).await.map(|b| openai::error_message(&b)).unwrap_or_default();
         let mut f = Failure::new(FailureKind::Status(status), format!("HTTP {status}: {text}"));
         if status == 429 {
             f.retry_after = retry_after.or(Some(Duration::from_secs(1)));

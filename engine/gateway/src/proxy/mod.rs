@@ -145,8 +145,10 @@ impl ProxyHttp for Worker {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         // Boxed: the whole request's state machine lives on the heap once, instead of inside the
-        // future Pingora moves around for every request (several KiB copied each time).
-        let outcome = Box::pin(self.handle(session, ctx)).await;
+        // future Pingora moves around for every request (several KiB copied each time). The box
+        // is taken before the future is made, so that the future is written into it in place:
+        // `Box::pin(future)` builds it on the stack first and copies all of its kilobytes over.
+        let outcome = Box::into_pin(Box::write(Box::new_uninit(), self.handle(session, ctx))).await;
         if let Err(e) = outcome {
             if session.response_written().is_none()
                 && let Err(write) = respond::error(session, ctx, &e).await
