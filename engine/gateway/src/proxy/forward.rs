@@ -445,8 +445,8 @@ async fn http_attempt(
     for _ in 0..ENDPOINTS_PER_ATTEMPT {
         let Some((addr, info)) = up.pool.select(failed_addrs) else { break };
         // Boxed from the start, as the session will be: both end up in the reply's body, and a
-        // move of either by value copies hundreds of bytes (the attempt's largest memory traffic).
-        let peer = Box::new(endpoints::peer(addr, &info, settings, up.ca.clone()));
+        // move of either by value copies hundreds of bytes.
+        let peer = boxed!(endpoints::peer(addr, &info, settings, up.ca.clone()));
         let header = openai::header_for(
             &info,
             request.endpoint,
@@ -458,7 +458,10 @@ async fn http_attempt(
         )
         .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        match fast_timeout(left, exchange(&connector, &peer, addr, header, body.clone())).await {
+        // The exchange (kilobytes of state: Pingora's connection pool lookup, the write, the read)
+        // is made in a box: handed to `fast_timeout` by value, it would be copied twice.
+        let exchange = Box::into_pin(boxed!(exchange(&connector, &peer, addr, header, body.clone())));
+        match fast_timeout(left, exchange).await {
             Ok(Ok(session)) => return classify(session, peer, settings.idle_timeout, connector).await,
             // A refused or failed connect: another endpoint of the same provider may take it.
             Ok(Err(f)) if f.kind == FailureKind::Connect => {
@@ -547,7 +550,7 @@ async fn send(
         stream.flush().await
     };
     written.await.or_err(pingora::ErrorType::WriteError, "while writing the request")?;
-    let mut s = Box::new(HttpSession::H1(Http1::new_with_options(stream, peer)));
+    let mut s = boxed!(HttpSession::H1(Http1::new_with_options(stream, peer)));
     s.read_response_header().await?;
     Ok(s)
 }

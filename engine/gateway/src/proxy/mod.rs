@@ -18,6 +18,14 @@
 //! body (routing by `model`, plugins, translation) and resend it on fallback. `docs/lifecycle.md`
 //! tells the full reasoning.
 
+/// `Box::new(value)` with the box taken first, so that `value` is built in it: `Box::new` builds
+/// its argument on the stack and copies it over, kilobytes for a large future.
+macro_rules! boxed {
+    ($value:expr) => {
+        Box::write(Box::new_uninit(), $value)
+    };
+}
+
 mod answers;
 mod forward;
 mod inbound;
@@ -145,10 +153,9 @@ impl ProxyHttp for Worker {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         // Boxed: the whole request's state machine lives on the heap once, instead of inside the
-        // future Pingora moves around for every request (several KiB copied each time). The box
-        // is taken before the future is made, so that the future is written into it in place:
-        // `Box::pin(future)` builds it on the stack first and copies all of its kilobytes over.
-        let outcome = Box::into_pin(Box::write(Box::new_uninit(), self.handle(session, ctx))).await;
+        // future Pingora moves around for every request (several KiB copied each time), and made
+        // in its box (`boxed!`) rather than copied into it.
+        let outcome = Box::into_pin(boxed!(self.handle(session, ctx))).await;
         if let Err(e) = outcome {
             if session.response_written().is_none()
                 && let Err(write) = respond::error(session, ctx, &e).await
