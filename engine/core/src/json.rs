@@ -88,15 +88,23 @@ impl Doc {
             }
             Node::Object { len, count } => {
                 self.nodes.push(DocNode::Object { len, count });
+                // The keys of a small object, kept as they are copied for the check below.
+                let mut keys = [""; PAIRWISE_KEYS];
                 let mut next = at + 1;
-                for _ in 0..len {
+                for i in 0..len {
                     let Node::String(key) = *tape.get(next)? else { return None };
+                    if let Some(slot) = keys.get_mut(i) {
+                        *slot = key;
+                    }
                     let key = self.text(key);
                     self.nodes.push(key);
                     next = self.copy(tape, next + 1)?;
                 }
                 if len > 1 && !self.repeated_key {
-                    self.repeated_key = self.repeats_a_key(at);
+                    self.repeated_key = match keys.get(..len) {
+                        Some(keys) => keys.iter().enumerate().any(|(i, k)| keys[i + 1..].contains(k)),
+                        None => self.repeats_a_key(at),
+                    };
                 }
                 return (next == at + 1 + count).then_some(next);
             }
@@ -111,20 +119,10 @@ impl Doc {
         DocNode::Str { at, len: s.len() }
     }
 
+    /// Whether the object at `object`, one of more than [`PAIRWISE_KEYS`] keys, has a key twice.
     fn repeats_a_key(&self, object: usize) -> bool {
-        let entries = || Json(Repr::Doc(self, object)).entries();
-        let mut keys = [""; PAIRWISE_KEYS];
-        let mut n = 0;
-        for (k, _) in entries() {
-            let Some(slot) = keys.get_mut(n) else {
-                let mut seen = std::collections::HashSet::new();
-                return !entries().all(|(k, _)| seen.insert(k));
-            };
-            *slot = k;
-            n += 1;
-        }
-        let keys = &keys[..n];
-        keys.iter().enumerate().any(|(i, k)| keys[i + 1..].contains(k))
+        let mut seen = std::collections::HashSet::new();
+        !Json(Repr::Doc(self, object)).entries().all(|(k, _)| seen.insert(k))
     }
 
     /// Nodes taken by the value at `at`, itself included.
@@ -454,5 +452,10 @@ mod tests {
         let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
         assert!(!doc(&format!("{{{}}}", many.join(","))).unwrap().repeated_key());
         assert!(doc(&format!("{{{},\"k7\":0}}", many.join(","))).unwrap().repeated_key());
+        // At the edge of the pairwise check: 16 keys (the last repeating the first), then 17.
+        let edge = |n: usize| format!("{{{},\"k0\":0}}", many[..n - 1].join(","));
+        assert!(doc(&edge(PAIRWISE_KEYS)).unwrap().repeated_key());
+        assert!(doc(&edge(PAIRWISE_KEYS + 1)).unwrap().repeated_key());
+        assert!(!doc(&format!("{{{}}}", many[..PAIRWISE_KEYS].join(","))).unwrap().repeated_key());
     }
 }
