@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::json::Json;
+
 /// Token counts. `estimated` is true when the provider did not report them and we counted
 /// characters instead (about four per token).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,12 +27,12 @@ impl Usage {
     }
 
     /// Reads OpenAI's `usage` object (also the shape inside a streamed usage chunk).
-    pub fn from_openai(v: &serde_json::Value) -> Option<Self> {
+    /// Read where it lies (a parsed answer's document, or `serde_json` values): no tree is built.
+    pub fn from_openai(v: Json<'_>) -> Option<Self> {
         let prompt = v.get("prompt_tokens")?.as_u64()?;
-        let completion = v.get("completion_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
-        // `get` twice rather than `pointer`, which allocates a string per step of its path.
+        let completion = v.get("completion_tokens").and_then(Json::as_u64).unwrap_or(0);
         let detail = |outer: &str, inner: &str| {
-            v.get(outer).and_then(|d| d.get(inner)).and_then(serde_json::Value::as_u64).unwrap_or(0)
+            v.get(outer).and_then(|d| d.get(inner)).and_then(Json::as_u64).unwrap_or(0)
         };
         let cached = detail("prompt_tokens_details", "cached_tokens");
         let reasoning = detail("completion_tokens_details", "reasoning_tokens");
@@ -47,8 +49,8 @@ impl Usage {
 impl Usage {
     /// Reads Anthropic's `usage` object. In streams it comes in two halves (`message_start` has the
     /// input, `message_delta` the output), so absent counts are `None`.
-    pub fn from_anthropic(v: &serde_json::Value) -> (Option<u64>, Option<u64>, u64) {
-        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+    pub fn from_anthropic(v: Json<'_>) -> (Option<u64>, Option<u64>, u64) {
+        let n = |k: &str| v.get(k).and_then(Json::as_u64);
         let cached = n("cache_read_input_tokens").unwrap_or(0);
         let input = n("input_tokens").map(|i| i + cached + n("cache_creation_input_tokens").unwrap_or(0));
         (input, n("output_tokens"), cached)
@@ -63,7 +65,7 @@ mod tests {
     fn reads_openai_usage_with_details() {
         let v = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
             "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2}});
-        let u = Usage::from_openai(&v).unwrap();
+        let u = Usage::from_openai(Json::from(&v)).unwrap();
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens),
             (10, 5, 4, 2)

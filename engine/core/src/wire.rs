@@ -283,15 +283,17 @@ fn tape(bytes: &mut [u8]) -> simd_json::Result<simd_json::Tape<'_>> {
     })
 }
 
-/// The value of the top-level field `key` of the JSON object in `bytes` (the last one when
-/// repeated, as serde_json reads it). Only that value is built: the rest of the document is stepped
-/// over — tokenized by simd-json (on a copy) up to [`REUSED_BUFFERS`] bytes, skipped by serde_json
-/// above, where a tape of a large answer (an embeddings list of a million numbers) would cost more
-/// than it saves. `None` when the bytes are no JSON object or have no such field.
-pub fn top_level_field(bytes: &[u8], key: &str) -> Option<Value> {
+/// `read` applied to the value of the top-level field `key` of the JSON object in `bytes` (the last
+/// one when repeated, as serde_json reads it). Only that value is looked at: the rest of the
+/// document is stepped over — tokenized by simd-json (on a copy) up to [`REUSED_BUFFERS`] bytes,
+/// skipped by serde_json above, where a tape of a large answer (an embeddings list of a million
+/// numbers) would cost more than it saves. `None` when the bytes are no JSON object or have no such
+/// field.
+pub fn top_level_field<T>(bytes: &[u8], key: &str, read: impl FnOnce(Json<'_>) -> T) -> Option<T> {
     if bytes.len() > REUSED_BUFFERS {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        return serde::de::DeserializeSeed::deserialize(FieldSeed(key), &mut de).ok().flatten();
+        let value = serde::de::DeserializeSeed::deserialize(FieldSeed(key), &mut de).ok().flatten()?;
+        return Some(read(Json::from(&value)));
     }
     let mut copy = bytes.to_vec();
     let tape = tape(&mut copy).ok()?;
@@ -312,7 +314,7 @@ pub fn top_level_field(bytes: &[u8], key: &str) -> Option<Value> {
         at += extent;
     }
     let nodes = nodes.get(found?)?;
-    Some(Doc::from_tape(nodes, bytes_len(nodes))?.root().to_value())
+    Some(read(Doc::from_tape(nodes, bytes_len(nodes))?.root()))
 }
 
 /// The bytes of the strings of `nodes`: room for a [`Doc`]'s text, found without a second pass
@@ -501,17 +503,18 @@ mod tests {
 
     #[test]
     fn one_top_level_field_is_read_without_the_rest() {
+        let field = |b: &[u8], k: &str| top_level_field(b, k, |j| j.to_value());
         let answer = r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {}","usage":1}}],
             "usage":{"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}},"tail":[1,{"b":2}]}"#;
-        let usage = top_level_field(answer.as_bytes(), "usage").unwrap();
+        let usage = field(answer.as_bytes(), "usage").unwrap();
         assert_eq!(
             usage,
             serde_json::json!({"prompt_tokens":12,"completion_tokens_details":{"reasoning_tokens":2}})
         );
-        assert_eq!(top_level_field(answer.as_bytes(), "tail").unwrap()[1]["b"], 2);
-        assert_eq!(top_level_field(br#"{"usage":1,"usage":2}"#, "usage").unwrap(), 2);
+        assert_eq!(field(answer.as_bytes(), "tail").unwrap()[1]["b"], 2);
+        assert_eq!(field(br#"{"usage":1,"usage":2}"#, "usage").unwrap(), 2);
         for none in [&br#"{"choices":[]}"#[..], b"[1]", b"{\"usage\":", b"", b"null"] {
-            assert_eq!(top_level_field(none, "usage"), None, "{:?}", String::from_utf8_lossy(none));
+            assert_eq!(field(none, "usage"), None, "{:?}", String::from_utf8_lossy(none));
         }
         // Above the reused buffers' size the other fields are skipped by serde_json: same answers.
         let big = format!(
@@ -519,9 +522,42 @@ mod tests {
             vec!["0.125"; 40_000].join(",")
         );
         assert!(big.len() > REUSED_BUFFERS);
-        assert_eq!(top_level_field(big.as_bytes(), "usage").unwrap()["prompt_tokens"], 7);
-        assert_eq!(top_level_field(big.as_bytes(), "model").unwrap(), "e");
-        assert_eq!(top_level_field(&big.as_bytes()[..100_000], "usage"), None, "cut short");
+        assert_eq!(field(big.as_bytes(), "usage").unwrap()["prompt_tokens"], 7);
+        assert_eq!(field(big.as_bytes(), "model").unwrap(), "e");
+        assert_eq!(field(&big.as_bytes()[..100_000], "usage"), None, "cut short");
+    }
+
+    #[test]
+    fn usage_read_from_the_document_as_from_serde_json_values() {
+        let usages = [
+            r#"{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4},
+                "completion_tokens_details":{"reasoning_tokens":2}}"#,
+            r#"{"prompt_tokens":12,"completion_tokens":null,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":12.0,"completion_tokens":3}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":"12"}"#,
+            r#"{"completion_tokens":3}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":"3","prompt_tokens_details":{"cached_tokens":1.5}}"#,
+            r#"{"input_tokens":7,"output_tokens":2,"cache_read_input_tokens":1}"#,
+            r#"[1,2]"#,
+        ];
+        for usage in usages {
+            let value: Value = serde_json::from_str(usage).unwrap();
+            let expected =
+                (Usage::from_openai(Json::from(&value)), Usage::from_anthropic(Json::from(&value)));
+            let read = |u: Json<'_>| (Usage::from_openai(u), Usage::from_anthropic(u));
+            let small = format!(r#"{{"id":"a","usage":{usage},"model":"m"}}"#);
+            assert_eq!(top_level_field(small.as_bytes(), "usage", read), Some(expected), "{usage}");
+            let big = format!(r#"{{"data":[{}],"usage":{usage}}}"#, vec!["0.5"; 40_000].join(","));
+            assert!(big.len() > REUSED_BUFFERS);
+            assert_eq!(top_level_field(big.as_bytes(), "usage", read), Some(expected), "{usage}");
+        }
+        let u = |s: &str| Usage::from_openai(Json::from(&serde_json::from_str::<Value>(s).unwrap()));
+        assert_eq!(
+            u(usages[0]).map(|u| (u.prompt_tokens, u.cached_tokens, u.reasoning_tokens)),
+            Some((12, 4, 2))
+        );
+        assert_eq!(u(usages[2]), None, "a prompt count that is no integer is no usage");
     }
 
     #[test]

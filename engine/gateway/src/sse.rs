@@ -10,6 +10,7 @@
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use sluice_core::Usage;
+use sluice_core::json::Json;
 
 #[derive(Debug, Default)]
 pub struct SseTracker {
@@ -95,11 +96,11 @@ impl SseTracker {
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
         let usage = v.get("usage").or_else(|| v.get("message").and_then(|m| m.get("usage")));
-        if let Some(u) = usage.and_then(Usage::from_openai) {
+        if let Some(u) = usage.map(Json::from).and_then(Usage::from_openai) {
             self.usage = Some(u);
         } else if let Some(u) = usage {
             // Anthropic: input in message_start, output in message_delta.
-            let (input, output, cached) = Usage::from_anthropic(u);
+            let (input, output, cached) = Usage::from_anthropic(Json::from(u));
             let acc = self.usage.get_or_insert_with(Usage::default);
             if let Some(i) = input {
                 acc.prompt_tokens = i;

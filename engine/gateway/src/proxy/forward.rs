@@ -849,18 +849,19 @@ enum StreamEnd {
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
     // Only `usage` is built; the rest of the answer is stepped over.
-    let reported = sluice_core::wire::top_level_field(body, "usage");
-    if let Some(u) = reported.as_ref().and_then(Usage::from_openai) {
+    let reported = sluice_core::wire::top_level_field(body, "usage", |u| {
+        Usage::from_openai(u).or_else(|| match Usage::from_anthropic(u) {
+            (Some(input), Some(output), cached) => Some(Usage {
+                prompt_tokens: input,
+                completion_tokens: output,
+                cached_tokens: cached,
+                ..Usage::default()
+            }),
+            _ => None,
+        })
+    });
+    if let Some(u) = reported.flatten() {
         return u;
-    }
-    let reported = reported.as_ref();
-    if let Some((Some(input), Some(output), cached)) = reported.map(Usage::from_anthropic) {
-        return Usage {
-            prompt_tokens: input,
-            completion_tokens: output,
-            cached_tokens: cached,
-            ..Usage::default()
-        };
     }
     // No usage reported: estimate from the answer's text (the whole tree, on this rare path).
     let parsed: Option<Value> = serde_json::from_slice(body).ok();

@@ -2,6 +2,7 @@
 
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
+use sluice_core::json::Json;
 use sluice_core::{GatewayError, Usage};
 
 use super::canonical::{
@@ -405,7 +406,7 @@ pub fn answer_from_openai(body: &[u8]) -> Result<Answer, String> {
         text: message["content"].as_str().map(str::to_owned),
         tool_calls,
         finish: finish_from(choice["finish_reason"].as_str()),
-        usage: v.get("usage").and_then(Usage::from_openai).unwrap_or_default(),
+        usage: v.get("usage").map(Json::from).and_then(Usage::from_openai).unwrap_or_default(),
     })
 }
 
@@ -434,7 +435,7 @@ impl StreamReader {
                 model: v["model"].as_str().unwrap_or("").to_owned(),
             });
         }
-        if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
+        if let Some(u) = v.get("usage").map(Json::from).and_then(Usage::from_openai) {
             out.push(Event::Usage(u));
         }
         let choice = &v["choices"][0];
