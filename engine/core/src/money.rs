@@ -63,7 +63,11 @@ pub struct Usd(pub Micros);
 
 impl std::fmt::Display for Usd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:06}", self.0.0 / 1_000_000, self.0.0 % 1_000_000)
+        // Digit by digit: an access-log line and a dashboard row carry one per request.
+        let mut fraction = *b".000000";
+        crate::calendar::put_digits(&mut fraction[1..], self.0.0 % 1_000_000);
+        f.write_str(itoa::Buffer::new().format(self.0.0 / 1_000_000))?;
+        f.write_str(std::str::from_utf8(&fraction).unwrap_or(".000000"))
     }
 }
 
@@ -161,6 +165,12 @@ mod tests {
         }
         assert_eq!(Micros(1_234_567).usd(), "1.234567");
         assert_eq!(Micros(150).to_string(), "$0.000150");
+        assert_eq!(Micros(0).usd(), "0.000000");
+        assert_eq!(Micros(7_000_000).usd(), "7.000000");
+        assert_eq!(Micros(u64::MAX).usd(), "18446744073709.551615");
+        for n in [0, 1, 999_999, 1_000_000, 1_000_001, 123_456_789_012] {
+            assert_eq!(Micros::parse_usd(&Micros(n).usd()), Ok(Micros(n)), "{n}");
+        }
     }
 
     #[test]

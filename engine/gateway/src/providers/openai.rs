@@ -28,7 +28,7 @@ pub fn header_for(
     request_id: &str,
 ) -> Result<RequestHeader, GatewayError> {
     let full = match &upstream.dialect {
-        Dialect::OpenAi => format!("{}{}", info.base_path, endpoint.path()),
+        Dialect::OpenAi => [info.base_path.as_str(), endpoint.path()].concat(),
         Dialect::Azure { api_version, deployments } => {
             let deployment = deployments.get(upstream_model).map_or(upstream_model, String::as_str);
             format!(
@@ -54,17 +54,17 @@ pub fn header_for(
         // `insert_header` parses every name anew.
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = http::Method::POST;
-        parts.uri = http::Uri::try_from(full.as_str()).or_err(InvalidHTTPHeader, "the upstream path")?;
+        parts.uri = http::Uri::try_from(full).or_err(InvalidHTTPHeader, "the upstream path")?;
         let h = &mut parts.headers;
         h.reserve(10);
-        h.insert(HOST, value(&info.authority())?);
+        h.insert(HOST, value(info.authority())?);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
         h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         h.insert(X_REQUEST_ID.clone(), value(request_id)?);
         if let Some(key) = &upstream.api_key {
             let (name, prefix) = upstream.dialect.key_header();
-            h.insert(headers::name(name)?, value(&format!("{prefix}{}", key.get()))?);
+            h.insert(headers::name(name)?, value(&[prefix, &*key.get()].concat())?);
         }
         if let Dialect::Anthropic { version, .. } = &upstream.dialect {
             h.insert(ANTHROPIC_VERSION.clone(), value(version)?);

@@ -37,7 +37,7 @@ struct AccessLine<'a> {
     team: Option<&'a str>,
     app: Option<&'a str>,
     error: Option<&'a str>,
-    client: Option<Shown<&'a pingora::protocols::l4::socket::SocketAddr>>,
+    client: Option<Client<'a>>,
 }
 
 /// A value written into the line as a JSON string of its `Display`, without an allocation.
@@ -46,6 +46,32 @@ struct Shown<T>(T);
 impl<T: std::fmt::Display> Serialize for Shown<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&self.0)
+    }
+}
+
+/// The client's address as its `Display` writes it; an IPv4 one (the common case) digit by digit,
+/// without the formatting machinery.
+struct Client<'a>(&'a pingora::protocols::l4::socket::SocketAddr);
+
+impl Serialize for Client<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use std::io::Write;
+        let pingora::protocols::l4::socket::SocketAddr::Inet(std::net::SocketAddr::V4(a)) = self.0 else {
+            return serializer.collect_str(self.0);
+        };
+        const LONGEST: usize = "255.255.255.255:65535".len();
+        let mut buf = [0u8; LONGEST];
+        let mut out = &mut buf[..];
+        let [a1, a2, a3, a4] = a.ip().octets();
+        let mut digits = itoa::Buffer::new();
+        for (i, octet) in [a1, a2, a3, a4].into_iter().enumerate() {
+            let sep: &[u8] = if i == 0 { b"" } else { b"." };
+            let _ = out.write_all(sep).and_then(|()| out.write_all(digits.format(octet).as_bytes()));
+        }
+        let _ = out.write_all(b":").and_then(|()| out.write_all(digits.format(a.port()).as_bytes()));
+        let written = LONGEST - out.len();
+        serializer
+            .serialize_str(std::str::from_utf8(buf.get(..written).unwrap_or_default()).unwrap_or_default())
     }
 }
 
@@ -111,7 +137,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
         team: identity.map(|i| i.team.as_str()),
         app: identity.map(|i| i.app.as_str()),
         error: ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
-        client: session.client_addr().map(Shown),
+        client: session.client_addr().map(Client),
     };
     crate::logging::access(&line);
 }

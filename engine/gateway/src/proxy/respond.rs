@@ -47,12 +47,16 @@ static X_SLUICE_OVERHEAD_US: HeaderName = HeaderName::from_static("x-sluice-over
 static X_SLUICE_TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
 static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
 
-/// `label` and `d` in milliseconds with three decimals (`1.234`), from integer microseconds: float
-/// formatting with a precision is one of the dearer things a request would do.
+/// `label` and `d` in milliseconds with three decimals (`1.234`), from integer microseconds, digit
+/// by digit: float formatting with a precision, or even `write!`, is one of the dearer things a
+/// request would do.
 fn push_ms(out: &mut String, label: &str, d: std::time::Duration) {
-    use std::fmt::Write;
-    let us = d.as_micros();
-    let _ = write!(out, "{label}{}.{:03}", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    out.push_str(label);
+    out.push_str(itoa::Buffer::new().format(us / 1000));
+    let mut fraction = *b".000";
+    sluice_core::calendar::put_digits(&mut fraction[1..], us % 1000);
+    out.extend(fraction.iter().map(|&b| char::from(b)));
 }
 
 /// A complete answer with a known length.
@@ -62,7 +66,7 @@ pub async fn full(
     mut h: ResponseHeader,
     body: Bytes,
 ) -> pingora::Result<()> {
-    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("content-length", HeaderValue::from(body.len()))?;
     let started = std::time::Instant::now();
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await?;

@@ -29,6 +29,8 @@ pub struct EndpointInfo {
     pub port: u16,
     /// Path prefix, without a trailing slash (`/v1`).
     pub base_path: String,
+    /// The `Host` header value, made once.
+    authority: String,
 }
 
 impl EndpointInfo {
@@ -45,23 +47,41 @@ impl EndpointInfo {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port = p.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
-                (h.trim_start_matches('[').trim_end_matches(']'), port)
+        let default = if tls { 443 } else { 80 };
+        let invalid_port = || format!("`{url}` has an invalid port");
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            // An IPv6 address: `[::1]` or `[::1]:8000`.
+            let (host, after) =
+                bracketed.split_once(']').ok_or_else(|| format!("`{url}` has no closing `]`"))?;
+            let port = match after {
+                "" => default,
+                p => p.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(invalid_port)?,
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| invalid_port())?),
+                None => (authority, default),
             }
-            _ => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(format!("`{url}` has no host"));
         }
-        Ok(Self { tls, host: host.to_owned(), port, base_path: path.trim_end_matches('/').to_owned() })
+        // An IPv6 address keeps its brackets in `Host` (RFC 9110 §7.2).
+        let shown = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+        let authority = if port == default { shown } else { format!("{shown}:{port}") };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            base_path: path.trim_end_matches('/').to_owned(),
+            authority,
+        })
     }
 
     /// The `Host` header value.
-    pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        if self.port == default { self.host.clone() } else { format!("{}:{}", self.host, self.port) }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 }
 
@@ -324,8 +344,14 @@ mod tests {
         let e = EndpointInfo::parse("http://127.0.0.1:8000").unwrap();
         assert_eq!((e.tls, e.port, e.base_path.as_str()), (false, 8000, ""));
         assert_eq!(e.authority(), "127.0.0.1:8000");
+        let e = EndpointInfo::parse("http://[::1]:8000/v1").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.authority()), ("::1", 8000, "[::1]:8000"));
+        assert_eq!(EndpointInfo::parse("https://[2001:db8::1]").unwrap().authority(), "[2001:db8::1]");
         assert!(EndpointInfo::parse("ftp://x").is_err());
         assert!(EndpointInfo::parse("http://:80").is_err());
         assert!(EndpointInfo::parse("http://h:x/").is_err());
+        assert!(EndpointInfo::parse("http://[::1/").is_err());
+        assert!(EndpointInfo::parse("http://[::1]x/").is_err());
+        assert!(EndpointInfo::parse("http://[]:80/").is_err());
     }
 }
