@@ -6,11 +6,13 @@
 pub fn random(prefix: &str) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = DIGITS[((bits >> ((31 - i) * 4)) & 15) as usize];
+    }
     let mut out = String::with_capacity(prefix.len() + 32);
     out.push_str(prefix);
-    for shift in (0..32).rev() {
-        out.push(char::from(DIGITS[((bits >> (shift * 4)) & 15) as usize]));
-    }
+    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     out
 }
 
@@ -23,5 +25,11 @@ mod tests {
         assert!(a.starts_with("req_"));
         assert!(a[4..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
         assert_ne!(a, b);
+        // Every digit is used, in every place: no nibble is stuck.
+        let ids: Vec<String> = (0..200).map(|_| super::random("")).collect();
+        for place in 0..32 {
+            let seen: std::collections::HashSet<u8> = ids.iter().map(|id| id.as_bytes()[place]).collect();
+            assert_eq!(seen.len(), 16, "place {place}");
+        }
     }
 }

@@ -57,7 +57,7 @@ pub fn header_for(
         parts.uri = http::Uri::try_from(full).or_err(InvalidHTTPHeader, "the upstream path")?;
         let h = &mut parts.headers;
         h.reserve(10);
-        h.insert(HOST, value(info.authority())?);
+        h.insert(HOST, info.host_header());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
         h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));

@@ -19,7 +19,15 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
     parts.status = http::StatusCode::from_u16(status).or_err(ErrorType::InvalidHTTPHeader, "status")?;
     let h = &mut parts.headers;
     h.reserve(12);
-    h.insert(CONTENT_TYPE, value(content_type)?);
+    h.insert(
+        CONTENT_TYPE,
+        match content_type {
+            // The usual ones without a copy of their own.
+            "application/json" => HeaderValue::from_static("application/json"),
+            "text/event-stream" => HeaderValue::from_static("text/event-stream"),
+            other => value(other)?,
+        },
+    );
     h.insert(X_REQUEST_ID.clone(), value(&ctx.core.request_id)?);
     let gateway = ctx.overhead();
     let mut timing = String::with_capacity(48);
@@ -33,7 +41,15 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
         h.insert(X_SLUICE_TARGET.clone(), value(&t.name)?);
     }
     if ctx.core.attempts > 0 {
-        h.insert(X_SLUICE_ATTEMPTS.clone(), HeaderValue::from(ctx.core.attempts));
+        const FEW: [&str; 4] = ["1", "2", "3", "4"];
+        let attempts = ctx.core.attempts;
+        h.insert(
+            X_SLUICE_ATTEMPTS.clone(),
+            match FEW.get(attempts as usize - 1) {
+                Some(n) => HeaderValue::from_static(n),
+                None => HeaderValue::from(attempts),
+            },
+        );
     }
     for (name, v) in &ctx.core.response_headers {
         h.insert(headers::name(name)?, value(v)?);

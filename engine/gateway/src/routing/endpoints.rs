@@ -29,8 +29,8 @@ pub struct EndpointInfo {
     pub port: u16,
     /// Path prefix, without a trailing slash (`/v1`).
     pub base_path: String,
-    /// The `Host` header value, made once.
-    authority: String,
+    /// The `Host` header value, made once (a clone of it is a reference count).
+    authority: http::HeaderValue,
 }
 
 impl EndpointInfo {
@@ -70,6 +70,8 @@ impl EndpointInfo {
         // An IPv6 address keeps its brackets in `Host` (RFC 9110 §7.2).
         let shown = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
         let authority = if port == default { shown } else { format!("{shown}:{port}") };
+        let authority =
+            http::HeaderValue::try_from(authority).map_err(|_| format!("`{url}` has an invalid host"))?;
         Ok(Self {
             tls,
             host: host.to_owned(),
@@ -81,7 +83,12 @@ impl EndpointInfo {
 
     /// The `Host` header value.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.authority.to_str().unwrap_or_default()
+    }
+
+    /// The `Host` header.
+    pub fn host_header(&self) -> http::HeaderValue {
+        self.authority.clone()
     }
 }
 
@@ -353,5 +360,6 @@ mod tests {
         assert!(EndpointInfo::parse("http://[::1/").is_err());
         assert!(EndpointInfo::parse("http://[::1]x/").is_err());
         assert!(EndpointInfo::parse("http://[]:80/").is_err());
+        assert!(EndpointInfo::parse("http://h\u{7f}st/").is_err());
     }
 }
