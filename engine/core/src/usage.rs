@@ -26,16 +26,23 @@ impl Usage {
         chars.div_ceil(4) as u64
     }
 
-    /// Reads OpenAI's `usage` object (also the shape inside a streamed usage chunk).
-    /// Read where it lies (a parsed answer's document, or `serde_json` values): no tree is built.
+    /// Reads OpenAI's `usage` object (also the shape inside a streamed usage chunk), where it lies
+    /// (a parsed answer's document, or `serde_json` values): no tree is built.
     pub fn from_openai(v: Json<'_>) -> Option<Self> {
-        let prompt = v.get("prompt_tokens")?.as_u64()?;
-        let completion = v.get("completion_tokens").and_then(Json::as_u64).unwrap_or(0);
-        let detail = |outer: &str, inner: &str| {
-            v.get(outer).and_then(|d| d.get(inner)).and_then(Json::as_u64).unwrap_or(0)
+        // One pass over the object for the four fields.
+        let [prompt, completion, prompt_details, completion_details] = v.fields([
+            "prompt_tokens",
+            "completion_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+        ]);
+        let prompt = prompt?.as_u64()?;
+        let completion = completion.and_then(Json::as_u64).unwrap_or(0);
+        let detail = |d: Option<Json<'_>>, inner: &str| {
+            d.and_then(|d| d.get(inner)).and_then(Json::as_u64).unwrap_or(0)
         };
-        let cached = detail("prompt_tokens_details", "cached_tokens");
-        let reasoning = detail("completion_tokens_details", "reasoning_tokens");
+        let cached = detail(prompt_details, "cached_tokens");
+        let reasoning = detail(completion_details, "reasoning_tokens");
         Some(Self {
             prompt_tokens: prompt,
             completion_tokens: completion,
