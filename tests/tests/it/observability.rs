@@ -110,8 +110,8 @@ async fn every_response_carries_the_request_id_and_server_timing_and_one_access_
     assert!(l["overhead_us"].as_u64().is_some());
     let ts = l["ts"].as_str().unwrap();
     assert!(ts.len() == 24 && ts.starts_with("20") && &ts[10..11] == "T" && ts.ends_with('Z'), "{ts}");
-    let client: std::net::SocketAddr = l["client"].as_str().unwrap().parse().unwrap();
-    assert!(client.ip() == std::net::Ipv4Addr::LOCALHOST && client.port() > 0, "{l}");
+    let client = l["client"].as_str().and_then(|c| c.parse::<std::net::SocketAddr>().ok());
+    assert!(client.is_some_and(|c| c.ip() == std::net::Ipv4Addr::LOCALHOST && c.port() > 0), "{l}");
     // Dollars with six decimals, as in /admin/spend.
     let usd = l["cost_usd"].as_str().unwrap();
     let (whole, micros) = usd.split_once('.').unwrap();

@@ -848,7 +848,7 @@ enum StreamEnd {
 
 /// Usage of a non-streamed answer: reported, or estimated from its text.
 fn json_usage(body: &[u8], request: &Request) -> Usage {
-    // Only `usage` is built; the rest of the answer is stepped over.
+    // Only `usage` is read; the rest of the answer is stepped over.
     let reported = sluice_core::wire::top_level_field(body, "usage", |u| {
         Usage::from_openai(u).or_else(|| match Usage::from_anthropic(u) {
             (Some(input), Some(output), cached) => Some(Usage {

@@ -62,13 +62,18 @@ impl Serialize for Client<'_> {
         const LONGEST: usize = "255.255.255.255:65535".len();
         let mut buf = [0u8; LONGEST];
         let mut out = &mut buf[..];
-        let [a1, a2, a3, a4] = a.ip().octets();
+        let [first, rest @ ..] = a.ip().octets();
         let mut digits = itoa::Buffer::new();
-        for (i, octet) in [a1, a2, a3, a4].into_iter().enumerate() {
-            let sep: &[u8] = if i == 0 { b"" } else { b"." };
-            let _ = out.write_all(sep).and_then(|()| out.write_all(digits.format(octet).as_bytes()));
-        }
-        let _ = out.write_all(b":").and_then(|()| out.write_all(digits.format(a.port()).as_bytes()));
+        let mut write = || -> std::io::Result<()> {
+            out.write_all(digits.format(first).as_bytes())?;
+            for octet in rest {
+                out.write_all(b".")?;
+                out.write_all(digits.format(octet).as_bytes())?;
+            }
+            out.write_all(b":")?;
+            out.write_all(digits.format(a.port()).as_bytes())
+        };
+        let _ = write(); // cannot fail: the buffer holds the longest
         let written = LONGEST - out.len();
         serializer
             .serialize_str(std::str::from_utf8(buf.get(..written).unwrap_or_default()).unwrap_or_default())
@@ -186,5 +191,18 @@ fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
             .unwrap_or_default(),
         request_sha256: ctx.request_sha256.clone(),
         content: core.extensions.get::<sluice_plugins::audit::AuditContent>().map(|c| c.0.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pingora::protocols::l4::socket::SocketAddr;
+
+    #[test]
+    fn a_client_address_is_written_as_its_display_writes_it() {
+        for addr in ["255.255.255.255:65535", "0.0.0.0:0", "10.1.22.133:8080", "127.0.0.1:9", "[::1]:443"] {
+            let addr = SocketAddr::Inet(addr.parse().unwrap());
+            assert_eq!(serde_json::to_string(&super::Client(&addr)).unwrap(), format!("\"{addr}\""));
+        }
     }
 }

@@ -41,14 +41,12 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
         h.insert(X_SLUICE_TARGET.clone(), value(&t.name)?);
     }
     if ctx.core.attempts > 0 {
-        const FEW: [&str; 4] = ["1", "2", "3", "4"];
+        const FEW: [&str; 5] = ["0", "1", "2", "3", "4"];
         let attempts = ctx.core.attempts;
         h.insert(
             X_SLUICE_ATTEMPTS.clone(),
-            match FEW.get(attempts as usize - 1) {
-                Some(n) => HeaderValue::from_static(n),
-                None => HeaderValue::from(attempts),
-            },
+            FEW.get(attempts as usize)
+                .map_or_else(|| HeaderValue::from(attempts), |n| HeaderValue::from_static(n)),
         );
     }
     for (name, v) in &ctx.core.response_headers {
