@@ -41,7 +41,7 @@ pub async fn request_with_ca(
     let (mut session, _) = connector().get_http_session(&peer).await.map_err(|e| e.to_string())?;
     let path = if url.base_path.is_empty() { "/" } else { url.base_path.as_str() };
     let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
-    req.insert_header("host", url.authority()).map_err(|e| e.to_string())?;
+    req.insert_header("host", url.host_header()).map_err(|e| e.to_string())?;
     req.insert_header("user-agent", "sluice").map_err(|e| e.to_string())?;
     if let Some(b) = &body {
         req.insert_header("content-type", "application/json").map_err(|e| e.to_string())?;

@@ -64,6 +64,12 @@ impl EndpointInfo {
                 None => (authority, default),
             }
         };
+        if !host.is_ascii() {
+            // `Host` carries the name as it goes on the wire: an international name in punycode.
+            return Err(format!(
+                "`{url}` has a host that is not ASCII (write an international name in punycode)"
+            ));
+        }
         if host.is_empty() {
             return Err(format!("`{url}` has no host"));
         }
@@ -283,7 +289,7 @@ impl Probe {
         let (mut session, _) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
         let path = format!("{}{}", info.base_path, self.path);
         let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-        req.insert_header("host", info.authority()).map_err(|e| e.to_string())?;
+        req.insert_header("host", info.host_header()).map_err(|e| e.to_string())?;
         for (k, v) in &self.headers {
             req.insert_header(k.clone(), v.as_str()).map_err(|e| e.to_string())?;
         }
@@ -361,5 +367,10 @@ mod tests {
         assert!(EndpointInfo::parse("http://[::1]x/").is_err());
         assert!(EndpointInfo::parse("http://[]:80/").is_err());
         assert!(EndpointInfo::parse("http://h\u{7f}st/").is_err());
+        assert!(EndpointInfo::parse("https://bücher.example/v1").is_err());
+        assert_eq!(
+            EndpointInfo::parse("https://xn--bcher-kva.example/v1").unwrap().authority(),
+            "xn--bcher-kva.example"
+        );
     }
 }
