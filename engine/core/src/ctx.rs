@@ -115,7 +115,7 @@ pub struct RequestCtx {
     /// The model alias the client asked for.
     pub model: Option<String>,
     pub stream: bool,
-    pub target: Option<TargetFacts>,
+    pub target: Option<std::sync::Arc<TargetFacts>>,
     /// Upstream attempts made, fallbacks included.
     pub attempts: u32,
     pub usage: Option<Usage>,

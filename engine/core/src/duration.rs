@@ -21,9 +21,34 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// Appends `d` in milliseconds with three decimals (`1.234`), from integer microseconds, digit by
+/// digit: float formatting with a precision, or even `write!`, is one of the dearer things a request
+/// would do, and `Server-Timing` and the access line carry such numbers on every answer.
+pub fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    out.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
+    let mut fraction = *b".000";
+    crate::calendar::put_digits(&mut fraction[1..], us % 1000);
+    out.extend_from_slice(&fraction);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_with_three_decimals() {
+        let text = |d| {
+            let mut out = b"x=".to_vec();
+            push_millis(&mut out, d);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(Duration::ZERO), "x=0.000");
+        assert_eq!(text(Duration::from_nanos(1_999)), "x=0.001");
+        assert_eq!(text(Duration::from_micros(42)), "x=0.042");
+        assert_eq!(text(Duration::from_micros(1_305_007)), "x=1305.007");
+        assert_eq!(text(Duration::MAX), format!("x={}.{:03}", u64::MAX / 1000, u64::MAX % 1000));
+    }
 
     #[test]
     fn units() {

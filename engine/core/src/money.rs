@@ -61,13 +61,40 @@ impl std::fmt::Display for Micros {
 #[derive(Clone, Copy)]
 pub struct Usd(pub Micros);
 
+impl Usd {
+    /// The amount as `12.345678`, written digit by digit on the stack: an access-log line and a
+    /// dashboard row carry one per request.
+    pub fn text(self) -> UsdText {
+        let mut buf = [0u8; UsdText::LONGEST];
+        let mut whole = itoa::Buffer::new();
+        let digits = whole.format(self.0.0 / 1_000_000).as_bytes();
+        let len = digits.len() + 7;
+        buf[..digits.len()].copy_from_slice(digits);
+        buf[digits.len()] = b'.';
+        crate::calendar::put_digits(&mut buf[digits.len() + 1..len], self.0.0 % 1_000_000);
+        UsdText { buf, len }
+    }
+}
+
+/// [`Usd::text`]'s result.
+pub struct UsdText {
+    buf: [u8; UsdText::LONGEST],
+    len: usize,
+}
+
+impl UsdText {
+    /// `u64::MAX` micro-dollars: 14 digits, the point and six decimals.
+    const LONGEST: usize = 21;
+
+    pub fn as_str(&self) -> &str {
+        // Digits and a point only.
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
 impl std::fmt::Display for Usd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Digit by digit: an access-log line and a dashboard row carry one per request.
-        let mut fraction = *b".000000";
-        crate::calendar::put_digits(&mut fraction[1..], self.0.0 % 1_000_000);
-        f.write_str(itoa::Buffer::new().format(self.0.0 / 1_000_000))?;
-        f.write_str(std::str::from_utf8(&fraction).unwrap_or(".000000"))
+        f.write_str(self.text().as_str())
     }
 }
 

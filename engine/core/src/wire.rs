@@ -392,7 +392,9 @@ fn check_messages(messages: Option<Json<'_>>) -> Result<(), GatewayError> {
         if m.kind() != Kind::Object {
             return Err(invalid_type(&format!("messages[{i}]"), "an object", m));
         }
-        match m.get("role").map_or(Kind::Null, Json::kind) {
+        // Both fields found in one pass over the message.
+        let [role, content] = m.fields(["role", "content"]);
+        match role.map_or(Kind::Null, Json::kind) {
             Kind::Null => {
                 return Err(GatewayError::invalid_request(format!(
                     "Missing required parameter: 'messages[{i}].role'."
@@ -403,7 +405,7 @@ fn check_messages(messages: Option<Json<'_>>) -> Result<(), GatewayError> {
             Kind::String => {}
             other => return Err(invalid_type(&format!("messages[{i}].role"), "a string", other)),
         }
-        match m.get("content").map_or(Kind::Null, Json::kind) {
+        match content.map_or(Kind::Null, Json::kind) {
             Kind::Null | Kind::String | Kind::Array => {}
             other => {
                 return Err(invalid_type(

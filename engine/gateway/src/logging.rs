@@ -57,34 +57,123 @@ const ACCESS_BATCH: usize = 64 * 1024;
 /// How long a line may wait before it is written.
 pub const ACCESS_FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Queues one access-log line for stdout.
-pub fn access(line: &impl serde::Serialize) {
+/// Queues one access-log line for stdout: `{"ts":…` with the current time, then the fields `write`
+/// adds, on one line.
+pub fn access(write: impl FnOnce(&mut Line<'_>)) {
     let Ok(mut buf) = ACCESS.lock() else { return };
-    let _ = serde_json::to_writer(&mut *buf, line);
-    buf.push(b'\n');
+    buf.extend_from_slice(b"{\"ts\":\"");
+    buf.extend_from_slice(Timestamp::now().as_str().as_bytes());
+    buf.push(b'"');
+    write(&mut Line { out: &mut buf });
+    buf.extend_from_slice(b"}\n");
     if buf.len() >= ACCESS_BATCH {
         let _ = std::io::stdout().lock().write_all(&buf);
         buf.clear();
     }
 }
 
+/// The `,"name":` that starts a field of a [`Line`], made at compile time: keys are never escaped
+/// at run time, so they must be plain ASCII names.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+pub(crate) use key;
+
+/// An access-log line being written: JSON fields appended in place, with no map, no serializer and
+/// no escaping of keys. Each method takes a key made by [`key!`]; `None` values are written `null`.
+pub struct Line<'b> {
+    out: &'b mut Vec<u8>,
+}
+
+impl Line<'_> {
+    pub fn str(&mut self, key: &'static str, v: &str) -> &mut Self {
+        self.out.extend_from_slice(key.as_bytes());
+        // Quotes, backslashes and control characters escaped; cannot fail on a `Vec`.
+        let _ = serde_json::to_writer(&mut *self.out, v);
+        self
+    }
+
+    pub fn opt_str(&mut self, key: &'static str, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.str(key, v),
+            None => self.null(key),
+        }
+    }
+
+    pub fn num(&mut self, key: &'static str, v: u64) -> &mut Self {
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self
+    }
+
+    pub fn opt_num(&mut self, key: &'static str, v: Option<u64>) -> &mut Self {
+        match v {
+            Some(v) => self.num(key, v),
+            None => self.null(key),
+        }
+    }
+
+    pub fn bool(&mut self, key: &'static str, v: bool) -> &mut Self {
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(if v { b"true" } else { b"false" });
+        self
+    }
+
+    pub fn opt_bool(&mut self, key: &'static str, v: Option<bool>) -> &mut Self {
+        match v {
+            Some(v) => self.bool(key, v),
+            None => self.null(key),
+        }
+    }
+
+    /// A duration as milliseconds with three decimals (a JSON number: `1.305`).
+    pub fn millis(&mut self, key: &'static str, d: Duration) -> &mut Self {
+        self.out.extend_from_slice(key.as_bytes());
+        sluice_core::duration::push_millis(self.out, d);
+        self
+    }
+
+    pub fn opt_millis(&mut self, key: &'static str, d: Option<Duration>) -> &mut Self {
+        match d {
+            Some(d) => self.millis(key, d),
+            None => self.null(key),
+        }
+    }
+
+    fn null(&mut self, key: &'static str) -> &mut Self {
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"null");
+        self
+    }
+}
+
 /// Writes the queued access-log lines.
 pub fn flush_access() {
-    let batch = match ACCESS.lock() {
-        Ok(mut buf) if !buf.is_empty() => std::mem::take(&mut *buf),
+    flush_access_with(&mut Vec::new());
+}
+
+/// Writes the queued access-log lines, swapping `spare` (emptied, its capacity kept) in for them:
+/// the flusher's two buffers keep their size, so lines are never copied into a growing one.
+fn flush_access_with(spare: &mut Vec<u8>) {
+    match ACCESS.lock() {
+        Ok(mut buf) if !buf.is_empty() => std::mem::swap(&mut *buf, spare),
         _ => return,
-    };
+    }
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&batch);
+    let _ = out.write_all(spare);
     let _ = out.flush();
+    spare.clear();
 }
 
 /// Starts the thread that flushes the access log every [`ACCESS_FLUSH_EVERY`].
 pub fn start_access_flusher() {
     let spawned = std::thread::Builder::new().name("access-log".into()).spawn(|| {
+        let mut spare = Vec::new();
         loop {
             std::thread::sleep(ACCESS_FLUSH_EVERY);
-            flush_access();
+            flush_access_with(&mut spare);
         }
     });
     if let Err(e) = spawned {
@@ -112,12 +201,6 @@ impl Timestamp {
     }
 }
 
-impl serde::Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
 /// `d` after the Unix epoch.
 fn rfc3339(d: std::time::Duration) -> Timestamp {
     let secs = d.as_secs() as i64;
@@ -139,6 +222,33 @@ fn rfc3339(d: std::time::Duration) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn an_access_line_is_one_json_object_with_its_values_escaped() {
+        let mut out = Vec::new();
+        let mut line = super::Line { out: &mut out };
+        line.str(key!("path"), "/v1/\"x\"\\\n\u{1}é")
+            .opt_str(key!("model"), None)
+            .num(key!("status"), 429)
+            .opt_num(key!("tokens"), Some(u64::MAX))
+            .bool(key!("stream"), false)
+            .opt_bool(key!("estimated"), Some(true))
+            .millis(key!("duration_ms"), Duration::from_micros(1_305_007))
+            .opt_millis(key!("ttfb_ms"), None);
+        let text = format!("{{\"ts\":\"x\"{}}}", String::from_utf8(out).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts": "x", "path": "/v1/\"x\"\\\n\u{1}é", "model": null, "status": 429,
+                "tokens": u64::MAX, "stream": false, "estimated": true, "duration_ms": 1305.007,
+                "ttfb_ms": null,
+            })
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
+
     #[test]
     fn timestamps_look_like_rfc3339() {
         let t = super::now_rfc3339();

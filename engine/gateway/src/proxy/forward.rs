@@ -17,7 +17,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use serde_json::Value;
-use sluice_core::ctx::{Endpoint, TargetFacts};
+use sluice_core::ctx::Endpoint;
 use sluice_core::json::Json;
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, GatewayError, Usage};
@@ -145,12 +145,7 @@ pub async fn forward(
             continue;
         }
         ctx.core.attempts += 1;
-        ctx.core.target = Some(TargetFacts {
-            name: target.name.clone(),
-            provider: target.provider.name.clone(),
-            upstream_model: target.upstream_model.clone(),
-            region: target.region.clone(),
-        });
+        ctx.core.target = Some(target.facts());
         let via_openai = request.endpoint == Endpoint::Messages
             && !matches!(&target.provider.transport, Transport::Http(up) if matches!(up.dialect, Dialect::Anthropic { .. }));
         if via_openai && as_openai.is_none() {
@@ -638,12 +633,22 @@ async fn release(body: &mut ReplyBody) {
 
 /// Reads a whole (non-streamed) answer, bounded.
 async fn read_all(body: &mut ReplyBody) -> Result<Bytes, Failure> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await? {
+    let too_large = || Failure::new(FailureKind::Broken, "answer larger than 64 MiB");
+    // An answer that came in one piece (the usual) is kept as it came, without a copy.
+    let Some(first) = body.next().await? else { return Ok(Bytes::new()) };
+    if first.len() > MAX_ANSWER_BYTES {
+        return Err(too_large());
+    }
+    let Some(second) = body.next().await? else { return Ok(first) };
+    let mut buf = BytesMut::with_capacity(first.len() + second.len());
+    buf.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
         if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(Failure::new(FailureKind::Broken, "answer larger than 64 MiB"));
+            return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
+        next = body.next().await?;
     }
     Ok(buf.freeze())
 }
@@ -884,5 +889,28 @@ fn json_usage(body: &[u8], request: &Request) -> Usage {
         completion_tokens: Usage::estimate_tokens(chars),
         estimated: true,
         ..Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{ReplyBody, read_all};
+
+    fn chunks(parts: &[&'static str]) -> ReplyBody {
+        ReplyBody::Chunks {
+            chunks: parts.iter().map(|p| Bytes::from_static(p.as_bytes())).collect(),
+            pacing: std::time::Duration::ZERO,
+            first: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_is_every_chunk_in_order() {
+        for parts in [&[][..], &["{}"], &["{\"a\":", "1}"], &["{", "\"a\"", ":", "", "2}"]] {
+            let whole = read_all(&mut chunks(parts)).await.map_err(|f| f.reason).unwrap();
+            assert_eq!(whole, parts.concat().as_bytes(), "{parts:?}");
+        }
     }
 }

@@ -3,64 +3,30 @@
 
 use pingora::Error;
 use pingora::proxy::Session;
-use serde::Serialize;
-use sluice_core::money::Usd;
+use sluice_core::money::{Usd, UsdText};
 use sluice_core::record::CostRecord;
 
 use super::{Ctx, Gateway};
+use crate::logging::key;
 
-/// One access-log line. Serialized straight from borrowed fields: no map is built per request, and
-/// no string is made for a field that can be written as it is formatted.
-#[derive(Serialize)]
-struct AccessLine<'a> {
-    ts: crate::logging::Timestamp,
-    level: &'static str,
-    msg: &'static str,
-    request_id: &'a str,
-    method: &'a str,
-    http_version: &'static str,
-    path: &'a str,
-    status: u16,
-    model: Option<&'a str>,
-    stream: bool,
-    target: Option<&'a str>,
-    attempts: u32,
-    duration_ms: f64,
-    upstream_ms: f64,
-    ttfb_ms: Option<f64>,
-    overhead_us: u64,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    usage_estimated: Option<bool>,
-    cost_usd: Option<Shown<Usd>>,
-    key_id: Option<&'a str>,
-    team: Option<&'a str>,
-    app: Option<&'a str>,
-    error: Option<&'a str>,
-    client: Option<Client<'a>>,
+/// The client's address as its `Display` writes it; an IPv4 one (the common case) digit by digit on
+/// the stack, without the formatting machinery.
+enum ClientText {
+    V4 { buf: [u8; ClientText::LONGEST], len: usize },
+    Other(String),
 }
 
-/// A value written into the line as a JSON string of its `Display`, without an allocation.
-struct Shown<T>(T);
+impl ClientText {
+    /// `255.255.255.255:65535`.
+    const LONGEST: usize = 21;
 
-impl<T: std::fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-/// The client's address as its `Display` writes it; an IPv4 one (the common case) digit by digit,
-/// without the formatting machinery.
-struct Client<'a>(&'a pingora::protocols::l4::socket::SocketAddr);
-
-impl Serialize for Client<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    fn of(addr: &pingora::protocols::l4::socket::SocketAddr) -> Self {
+        use pingora::protocols::l4::socket::SocketAddr;
         use std::io::Write;
-        let pingora::protocols::l4::socket::SocketAddr::Inet(std::net::SocketAddr::V4(a)) = self.0 else {
-            return serializer.collect_str(self.0);
+        let SocketAddr::Inet(std::net::SocketAddr::V4(a)) = addr else {
+            return Self::Other(addr.to_string());
         };
-        const LONGEST: usize = "255.255.255.255:65535".len();
-        let mut buf = [0u8; LONGEST];
+        let mut buf = [0u8; Self::LONGEST];
         let mut out = &mut buf[..];
         let [first, rest @ ..] = a.ip().octets();
         let mut digits = itoa::Buffer::new();
@@ -74,14 +40,19 @@ impl Serialize for Client<'_> {
             out.write_all(digits.format(a.port()).as_bytes())
         };
         let _ = write(); // cannot fail: the buffer holds the longest
-        let written = LONGEST - out.len();
-        serializer
-            .serialize_str(std::str::from_utf8(buf.get(..written).unwrap_or_default()).unwrap_or_default())
+        let len = Self::LONGEST - out.len();
+        Self::V4 { buf, len }
     }
-}
 
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    fn as_str(&self) -> &str {
+        match self {
+            // Digits, dots and a colon only.
+            Self::V4 { buf, len } => {
+                std::str::from_utf8(buf.get(..*len).unwrap_or_default()).unwrap_or_default()
+            }
+            Self::Other(text) => text,
+        }
+    }
 }
 
 pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
@@ -113,38 +84,43 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     }
     let req = session.req_header();
     let identity = core.identity.as_ref();
-    let line = AccessLine {
-        ts: crate::logging::Timestamp::now(),
-        level: "info",
-        msg: "access",
-        request_id: &core.request_id,
-        method: req.method.as_str(),
-        http_version: match req.version {
-            http::Version::HTTP_2 => "HTTP/2.0",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        path: req.uri.path(),
-        status: core.status,
-        model: core.model.as_deref(),
-        stream: core.stream,
-        target: core.target.as_ref().map(|t| t.name.as_str()),
-        attempts: core.attempts,
-        duration_ms: ms(elapsed),
-        upstream_ms: ms(ctx.upstream_time),
-        ttfb_ms: ctx.ttfb.map(ms),
-        overhead_us: overhead.as_micros() as u64,
-        prompt_tokens: core.usage.map(|u| u.prompt_tokens),
-        completion_tokens: core.usage.map(|u| u.completion_tokens),
-        usage_estimated: core.usage.map(|u| u.estimated),
-        cost_usd: core.cost.map(|c| Shown(Usd(c))),
-        key_id: identity.map(|i| i.key_id.as_str()),
-        team: identity.map(|i| i.team.as_str()),
-        app: identity.map(|i| i.app.as_str()),
-        error: ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
-        client: session.client_addr().map(Client),
-    };
-    crate::logging::access(&line);
+    let client = session.client_addr().map(ClientText::of);
+    crate::logging::access(|l| {
+        l.str(key!("level"), "info")
+            .str(key!("msg"), "access")
+            .str(key!("request_id"), &core.request_id)
+            .str(key!("method"), req.method.as_str())
+            .str(
+                key!("http_version"),
+                match req.version {
+                    http::Version::HTTP_2 => "HTTP/2.0",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+            )
+            .str(key!("path"), req.uri.path())
+            .num(key!("status"), u64::from(core.status))
+            .opt_str(key!("model"), core.model.as_deref())
+            .bool(key!("stream"), core.stream)
+            .opt_str(key!("target"), core.target.as_ref().map(|t| t.name.as_str()))
+            .num(key!("attempts"), u64::from(core.attempts))
+            .millis(key!("duration_ms"), elapsed)
+            .millis(key!("upstream_ms"), ctx.upstream_time)
+            .opt_millis(key!("ttfb_ms"), ctx.ttfb)
+            .num(key!("overhead_us"), u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX))
+            .opt_num(key!("prompt_tokens"), core.usage.map(|u| u.prompt_tokens))
+            .opt_num(key!("completion_tokens"), core.usage.map(|u| u.completion_tokens))
+            .opt_bool(key!("usage_estimated"), core.usage.map(|u| u.estimated))
+            .opt_str(key!("cost_usd"), core.cost.map(|c| Usd(c).text()).as_ref().map(UsdText::as_str))
+            .opt_str(key!("key_id"), identity.map(|i| i.key_id.as_str()))
+            .opt_str(key!("team"), identity.map(|i| i.team.as_str()))
+            .opt_str(key!("app"), identity.map(|i| i.app.as_str()))
+            .opt_str(
+                key!("error"),
+                ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
+            )
+            .opt_str(key!("client"), client.as_ref().map(ClientText::as_str));
+    });
 }
 
 /// The ledger's record of an API request: whatever its outcome, unauthenticated ones included.
@@ -202,7 +178,7 @@ mod tests {
     fn a_client_address_is_written_as_its_display_writes_it() {
         for addr in ["255.255.255.255:65535", "0.0.0.0:0", "10.1.22.133:8080", "127.0.0.1:9", "[::1]:443"] {
             let addr = SocketAddr::Inet(addr.parse().unwrap());
-            assert_eq!(serde_json::to_string(&super::Client(&addr)).unwrap(), format!("\"{addr}\""));
+            assert_eq!(super::ClientText::of(&addr).as_str(), addr.to_string());
         }
     }
 }

@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{ErrorType, OrErr};
 use sluice_core::GatewayError;
+use sluice_core::duration::push_millis;
 
 use super::Ctx;
 use crate::headers::{self, X_REQUEST_ID, value};
@@ -30,12 +31,17 @@ pub fn header(ctx: &mut Ctx, status: u16, content_type: &str) -> pingora::Result
     );
     h.insert(X_REQUEST_ID.clone(), value(&ctx.core.request_id)?);
     let gateway = ctx.overhead();
-    let mut timing = String::with_capacity(48);
-    push_ms(&mut timing, "gateway;dur=", gateway);
+    let mut timing = Vec::with_capacity(48);
+    timing.extend_from_slice(b"gateway;dur=");
+    push_millis(&mut timing, gateway);
     if !ctx.upstream_time.is_zero() {
-        push_ms(&mut timing, ", upstream;dur=", ctx.upstream_time);
+        timing.extend_from_slice(b", upstream;dur=");
+        push_millis(&mut timing, ctx.upstream_time);
     }
-    h.insert(SERVER_TIMING.clone(), value(&timing)?);
+    h.insert(
+        SERVER_TIMING.clone(),
+        HeaderValue::from_maybe_shared(Bytes::from(timing)).or_err(ErrorType::InvalidHTTPHeader, "timing")?,
+    );
     h.insert(X_SLUICE_OVERHEAD_US.clone(), HeaderValue::from(gateway.as_micros() as u64));
     if let Some(t) = &ctx.core.target {
         h.insert(X_SLUICE_TARGET.clone(), value(&t.name)?);
@@ -60,18 +66,6 @@ static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 static X_SLUICE_OVERHEAD_US: HeaderName = HeaderName::from_static("x-sluice-overhead-us");
 static X_SLUICE_TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
 static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
-
-/// `label` and `d` in milliseconds with three decimals (`1.234`), from integer microseconds, digit
-/// by digit: float formatting with a precision, or even `write!`, is one of the dearer things a
-/// request would do.
-fn push_ms(out: &mut String, label: &str, d: std::time::Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    out.push_str(label);
-    out.push_str(itoa::Buffer::new().format(us / 1000));
-    let mut fraction = *b".000";
-    sluice_core::calendar::put_digits(&mut fraction[1..], us % 1000);
-    out.extend(fraction.iter().map(|&b| char::from(b)));
-}
 
 /// A complete answer with a known length.
 pub async fn full(

@@ -16,6 +16,7 @@ use rand::Rng;
 
 use crate::providers::Provider;
 use circuit::Circuit;
+use sluice_core::ctx::TargetFacts;
 
 /// One concrete choice: a provider, the model name it knows, a weight and a region.
 pub struct Target {
@@ -30,6 +31,8 @@ pub struct Target {
     pub circuit: Circuit,
     /// Set from a provider's 429 `Retry-After`: the target is out of rotation until then.
     cooled_until: Mutex<Option<Instant>>,
+    /// What a request served here records of it, made once: shared by each such request.
+    facts: Arc<TargetFacts>,
 }
 
 impl Target {
@@ -45,8 +48,15 @@ impl Target {
         region: Option<String>,
         circuit: Circuit,
     ) -> Self {
+        let name = format!("{}/{}", provider.name, upstream_model);
+        let facts = Arc::new(TargetFacts {
+            name: name.clone(),
+            provider: provider.name.clone(),
+            upstream_model: upstream_model.clone(),
+            region: region.clone(),
+        });
         Self {
-            name: format!("{}/{}", provider.name, upstream_model),
+            name,
             provider,
             upstream_model,
             weight,
@@ -54,7 +64,13 @@ impl Target {
             tags: Vec::new(),
             circuit,
             cooled_until: Mutex::new(None),
+            facts,
         }
+    }
+
+    /// The target as a request records it (`ctx.target`).
+    pub fn facts(&self) -> Arc<TargetFacts> {
+        self.facts.clone()
     }
 
     pub fn cool_down(&self, d: Duration) {
