@@ -48,13 +48,45 @@ impl Doc {
     /// The document of a tape holding exactly one value (a whole tape, or one value's nodes cut
     /// from one). `None` if the nodes do not spell exactly one value.
     pub fn from_tape(tape: &[Node<'_>], text_bytes: usize) -> Option<Self> {
+        if tape.first().map(tape_extent) != Some(tape.len()) {
+            return None;
+        }
         let mut doc = Doc {
             strings: String::with_capacity(text_bytes),
             nodes: Vec::with_capacity(tape.len()),
             repeated_key: false,
         };
-        let end = doc.copy(tape, 0)?;
-        (end == tape.len()).then_some(doc)
+        // The tape is in document order already: one pass copies it, and each container's
+        // members are checked where it starts (stepping over nested values by their counts).
+        for (at, node) in tape.iter().enumerate() {
+            let node = match *node {
+                Node::String(s) => doc.text(s),
+                Node::Static(StaticNode::Null) => DocNode::Null,
+                Node::Static(StaticNode::Bool(b)) => DocNode::Bool(b),
+                Node::Static(StaticNode::I64(n)) => DocNode::I64(n),
+                Node::Static(StaticNode::U64(n)) => DocNode::U64(n),
+                Node::Static(StaticNode::F64(f)) if f.is_finite() => DocNode::F64(f),
+                Node::Static(StaticNode::F64(_)) => return None,
+                Node::Array { len, count } => {
+                    let mut next = at + 1;
+                    for _ in 0..len {
+                        next += tape_extent(tape.get(next)?);
+                    }
+                    if next != at + 1 + count {
+                        return None;
+                    }
+                    DocNode::Array { len, count }
+                }
+                Node::Object { len, count } => {
+                    if object_repeats_a_key(tape, at, len, count)? {
+                        doc.repeated_key = true;
+                    }
+                    DocNode::Object { len, count }
+                }
+            };
+            doc.nodes.push(node);
+        }
+        Some(doc)
     }
 
     /// Whether some object of the document has a key twice (serde_json keeps the last value; a
@@ -68,61 +100,10 @@ impl Doc {
         Json(Repr::Doc(self, 0))
     }
 
-    /// Copies the value at `at` of `tape` (and all inside it); returns the index after it.
-    fn copy(&mut self, tape: &[Node<'_>], at: usize) -> Option<usize> {
-        let node = match *tape.get(at)? {
-            Node::String(s) => self.text(s),
-            Node::Static(StaticNode::Null) => DocNode::Null,
-            Node::Static(StaticNode::Bool(b)) => DocNode::Bool(b),
-            Node::Static(StaticNode::I64(n)) => DocNode::I64(n),
-            Node::Static(StaticNode::U64(n)) => DocNode::U64(n),
-            Node::Static(StaticNode::F64(f)) if f.is_finite() => DocNode::F64(f),
-            Node::Static(StaticNode::F64(_)) => return None,
-            Node::Array { len, count } => {
-                self.nodes.push(DocNode::Array { len, count });
-                let mut next = at + 1;
-                for _ in 0..len {
-                    next = self.copy(tape, next)?;
-                }
-                return (next == at + 1 + count).then_some(next);
-            }
-            Node::Object { len, count } => {
-                self.nodes.push(DocNode::Object { len, count });
-                // The keys of a small object, kept as they are copied for the check below.
-                let mut keys = [""; PAIRWISE_KEYS];
-                let mut next = at + 1;
-                for i in 0..len {
-                    let Node::String(key) = *tape.get(next)? else { return None };
-                    if let Some(slot) = keys.get_mut(i) {
-                        *slot = key;
-                    }
-                    let key = self.text(key);
-                    self.nodes.push(key);
-                    next = self.copy(tape, next + 1)?;
-                }
-                if len > 1 && !self.repeated_key {
-                    self.repeated_key = match keys.get(..len) {
-                        Some(keys) => keys.iter().enumerate().any(|(i, k)| keys[i + 1..].contains(k)),
-                        None => self.repeats_a_key(at),
-                    };
-                }
-                return (next == at + 1 + count).then_some(next);
-            }
-        };
-        self.nodes.push(node);
-        Some(at + 1)
-    }
-
     fn text(&mut self, s: &str) -> DocNode {
         let at = self.strings.len();
         self.strings.push_str(s);
         DocNode::Str { at, len: s.len() }
-    }
-
-    /// Whether the object at `object`, one of more than [`PAIRWISE_KEYS`] keys, has a key twice.
-    fn repeats_a_key(&self, object: usize) -> bool {
-        let mut seen = std::collections::HashSet::new();
-        !Json(Repr::Doc(self, object)).entries().all(|(k, _)| seen.insert(k))
     }
 
     /// Nodes taken by the value at `at`, itself included.
@@ -139,6 +120,38 @@ impl Doc {
             _ => None,
         }
     }
+}
+
+/// Nodes taken by a tape's value, itself included.
+fn tape_extent(node: &Node<'_>) -> usize {
+    match node {
+        Node::Array { count, .. } | Node::Object { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+/// Whether the object at `at` of `tape` (`len` keys, `count` nodes inside) has a key twice
+/// (serde_json keeps the last value; a provider may keep the first). `None` if its members are not
+/// key/value pairs filling exactly `count` nodes.
+fn object_repeats_a_key(tape: &[Node<'_>], at: usize, len: usize, count: usize) -> Option<bool> {
+    let mut keys = [""; PAIRWISE_KEYS];
+    let mut many = (len > PAIRWISE_KEYS).then(|| std::collections::HashSet::with_capacity(len));
+    let mut repeated = false;
+    let mut next = at + 1;
+    for i in 0..len {
+        let Node::String(key) = *tape.get(next)? else { return None };
+        match &mut many {
+            Some(seen) => repeated |= !seen.insert(key),
+            None => {
+                let (earlier, slot) = keys.split_at_mut(i);
+                repeated |= earlier.contains(&key);
+                *slot.first_mut()? = key;
+            }
+        }
+        next += 1;
+        next += tape_extent(tape.get(next)?);
+    }
+    (next == at + 1 + count).then_some(repeated)
 }
 
 /// A JSON value to read: a node of a [`Doc`], or `serde_json` values.
@@ -443,6 +456,27 @@ mod tests {
         let v = Json::from(&expected);
         assert_eq!(v.get("last").and_then(Json::as_str), Some("y"));
         assert_eq!(v.get("n").unwrap().items().map(Json::kind).collect::<Vec<_>>(), n);
+    }
+
+    #[test]
+    fn nodes_that_are_not_exactly_one_value_make_no_document() {
+        let mut bytes = br#"{"a":[1,{"b":2}],"c":"d"}"#.to_vec();
+        let tape = simd_json::to_tape(&mut bytes).unwrap();
+        let nodes = &tape.0[..];
+        assert!(Doc::from_tape(nodes, 8).is_some());
+        for cut in [&nodes[..0], &nodes[..nodes.len() - 1], &nodes[1..], &nodes[2..4], &nodes[3..6]] {
+            assert!(Doc::from_tape(cut, 8).is_none(), "{cut:?}");
+        }
+        // One value cut from a tape is a document of its own.
+        let inner = Doc::from_tape(&nodes[2..7], 8).unwrap();
+        assert_eq!(inner.root().to_value(), serde_json::json!([1, {"b": 2}]));
+        // Counts that lie about the members.
+        let mut lying = nodes.to_vec();
+        lying[0] = Node::Object { len: 1, count: 8 };
+        assert!(Doc::from_tape(&lying, 8).is_none());
+        let mut lying = nodes[2..7].to_vec();
+        lying[0] = Node::Array { len: 1, count: 4 };
+        assert!(Doc::from_tape(&lying, 8).is_none());
     }
 
     #[test]
