@@ -62,7 +62,7 @@ pub const ACCESS_FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub fn access(write: impl FnOnce(&mut Line<'_>)) {
     let Ok(mut buf) = ACCESS.lock() else { return };
     buf.extend_from_slice(b"{\"ts\":\"");
-    buf.extend_from_slice(Timestamp::now().as_str().as_bytes());
+    buf.extend_from_slice(&Timestamp::now().0);
     buf.push(b'"');
     write(&mut Line { out: &mut buf });
     buf.extend_from_slice(b"}\n");
@@ -90,8 +90,16 @@ pub struct Line<'b> {
 impl Line<'_> {
     pub fn str(&mut self, key: &'static str, v: &str) -> &mut Self {
         self.out.extend_from_slice(key.as_bytes());
-        // Quotes, backslashes and control characters escaped; cannot fail on a `Vec`.
-        let _ = serde_json::to_writer(&mut *self.out, v);
+        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing to escape (ids, names, paths, numbers as text: the usual values).
+            self.out.reserve(v.len() + 2);
+            self.out.push(b'"');
+            self.out.extend_from_slice(v.as_bytes());
+            self.out.push(b'"');
+        } else {
+            // Quotes, backslashes and control characters escaped; cannot fail on a `Vec`.
+            let _ = serde_json::to_writer(&mut *self.out, v);
+        }
         self
     }
 
@@ -230,6 +238,7 @@ mod tests {
         let mut line = super::Line { out: &mut out };
         line.str(key!("path"), "/v1/\"x\"\\\n\u{1}é")
             .opt_str(key!("model"), None)
+            .str(key!("id"), "req_1 é\u{7f}")
             .num(key!("status"), 429)
             .opt_num(key!("tokens"), Some(u64::MAX))
             .bool(key!("stream"), false)
@@ -241,7 +250,7 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "ts": "x", "path": "/v1/\"x\"\\\n\u{1}é", "model": null, "status": 429,
+                "ts": "x", "path": "/v1/\"x\"\\\n\u{1}é", "model": null, "id": "req_1 é\u{7f}", "status": 429,
                 "tokens": u64::MAX, "stream": false, "estimated": true, "duration_ms": 1305.007,
                 "ttfb_ms": null,
             })
