@@ -90,16 +90,8 @@ pub struct Line<'b> {
 impl Line<'_> {
     pub fn str(&mut self, key: &'static str, v: &str) -> &mut Self {
         self.out.extend_from_slice(key.as_bytes());
-        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-            // Nothing to escape (ids, names, paths, numbers as text: the usual values).
-            self.out.reserve(v.len() + 2);
-            self.out.push(b'"');
-            self.out.extend_from_slice(v.as_bytes());
-            self.out.push(b'"');
-        } else {
-            // Quotes, backslashes and control characters escaped; cannot fail on a `Vec`.
-            let _ = serde_json::to_writer(&mut *self.out, v);
-        }
+        // Quotes, backslashes and control characters escaped; cannot fail on a `Vec`.
+        let _ = serde_json::to_writer(&mut *self.out, v);
         self
     }
 
