@@ -32,9 +32,32 @@ pub fn push_millis(out: &mut Vec<u8>, d: Duration) {
     out.extend_from_slice(&fraction);
 }
 
+/// `d` in seconds with three decimals (`1.250`), rounded to the nearest millisecond, as OpenAI's
+/// `x-ratelimit-reset-*` headers carry it (with an `s`); written digit by digit, like
+/// [`push_millis`].
+pub fn seconds_text(d: Duration) -> String {
+    let ms = u64::try_from(d.as_micros().saturating_add(500) / 1000).unwrap_or(u64::MAX);
+    let mut out = String::with_capacity(16);
+    out.push_str(itoa::Buffer::new().format(ms / 1000));
+    let mut fraction = *b".000";
+    crate::calendar::put_digits(&mut fraction[1..], ms % 1000);
+    out.extend(fraction.iter().map(|&b| char::from(b)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_with_three_decimals_as_float_formatting_writes_them() {
+        for us in
+            [0, 1, 499, 501, 999, 1_000, 59_999_400, 59_999_600, 60_000_000, 123_456_789, 86_400_000_000]
+        {
+            let d = Duration::from_micros(us);
+            assert_eq!(seconds_text(d), format!("{:.3}", d.as_secs_f64()), "{us} µs");
+        }
+    }
 
     #[test]
     fn milliseconds_with_three_decimals() {

@@ -129,7 +129,11 @@ impl Budgets {
         let now_us = unix_us((self.now)());
         let today = now_us.div_euclid(DAY_US);
         let (month_start, month_end) = month_of(today);
-        let mut out = Vec::new();
+        // The day's and the month's names, spelled once for every budget below.
+        let day = date(today);
+        let month = date(month_start).get(..7).unwrap_or_default().to_owned();
+        let (day_stamp, month_stamp) = (day.replace('-', ""), month.replace('-', ""));
+        let mut out = Vec::with_capacity(4);
         let owners = [
             (
                 Dimension::Team,
@@ -144,19 +148,19 @@ impl Budgets {
                 self.keys.get(&who.key_id).copied().unwrap_or(self.key),
             ),
         ];
-        for (dimension, label, owner, caps) in owners {
+        for (dimension, kind, owner, caps) in owners {
             let periods = [
-                ("daily", caps.daily, today, today + 1, date(today).replace('-', "")),
-                ("monthly", caps.monthly, month_start, month_end, date(month_start)[..7].replace('-', "")),
+                ("daily", caps.daily, today, today + 1, &day_stamp, &day),
+                ("monthly", caps.monthly, month_start, month_end, &month_stamp, &month),
             ];
-            for (period, cap, from, to, stamp) in periods {
+            for (period, cap, from, to, stamp, label) in periods {
                 let Some(cap) = cap else { continue };
                 let resets_us = to * DAY_US;
                 let ttl =
                     Duration::from_micros((resets_us - now_us).max(0) as u64) + Duration::from_secs(86_400);
                 out.push(Applied {
                     counter: Counter {
-                        key: ["{org:", &who.org, "}:spend:", label, ":", owner, ":", period, ":", &stamp]
+                        key: ["{org:", &who.org, "}:spend:", kind, ":", owner, ":", period, ":", stamp]
                             .concat(),
                         ttl,
                         scope: SpendScope {
@@ -168,11 +172,7 @@ impl Budgets {
                     },
                     cap,
                     period,
-                    period_label: if period == "daily" {
-                        date(today)
-                    } else {
-                        date(month_start)[..7].to_owned()
-                    },
+                    period_label: label.clone(),
                     owner: owner.to_owned(),
                     dimension,
                     resets_us,

@@ -321,12 +321,16 @@ fn headers(
             }
             _ => ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
         };
-        ctx.response_headers.push((limit, charge.limit.to_string()));
-        ctx.response_headers.push((remaining, state.remaining.to_string()));
-        ctx.response_headers.push((reset, format!("{:.3}s", state.reset.as_secs_f64())));
+        // Digit by digit (`itoa`): every limited request carries five to eight of these.
+        let number = |n: u64| itoa::Buffer::new().format(n).to_owned();
+        ctx.response_headers.push((limit, number(charge.limit)));
+        ctx.response_headers.push((remaining, number(state.remaining)));
+        ctx.response_headers.push((reset, sluice_core::duration::seconds_text(state.reset) + "s"));
         if unit == Unit::Requests {
-            ctx.response_headers.push(("x-ratelimit-remaining", state.remaining.to_string()));
-            ctx.response_headers.push(("x-ratelimit-reset", state.reset.as_secs_f64().ceil().to_string()));
+            ctx.response_headers.push(("x-ratelimit-remaining", number(state.remaining)));
+            // Whole seconds, rounded up.
+            let whole = state.reset.as_secs() + u64::from(state.reset.subsec_nanos() > 0);
+            ctx.response_headers.push(("x-ratelimit-reset", number(whole)));
         }
     }
 }

@@ -88,6 +88,14 @@ fn the_team_limit_refuses_with_a_429_naming_level_and_limit() {
     );
     assert_eq!(e.retry_after, Some(30));
     assert!(c.response_headers.contains(&("x-ratelimit-remaining-requests", "0".into())));
+    assert!(c.response_headers.contains(&("x-ratelimit-limit-requests", "2".into())));
+    let header = |name| c.response_headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+    // Seconds with three decimals, then whole seconds rounded up: the bucket is full again in a
+    // minute, less the moments the test took.
+    let reset = header("x-ratelimit-reset-requests").unwrap_or_default();
+    let (whole, fraction) = reset.strip_suffix('s').and_then(|r| r.split_once('.')).unwrap_or_default();
+    assert!(["59", "60"].contains(&whole) && fraction.len() == 3, "{reset}");
+    assert_eq!(header("x-ratelimit-reset"), Some("60"));
 }
 
 #[test]
