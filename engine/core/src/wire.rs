@@ -242,18 +242,18 @@ impl Request {
     /// Characters of text the model will read: message contents (string or text parts), tool-call
     /// arguments, prompts and embedding inputs. The basis of token estimates.
     pub fn prompt_chars(&self) -> usize {
-        let body = self.body.json();
+        // One pass over the body's fields, and one over each message's.
+        let [messages, prompt, input, system] =
+            self.body.json().fields(["messages", "prompt", "input", "system"]);
         let mut n = 0;
-        for m in body.get("messages").into_iter().flat_map(Json::items) {
-            n += m.get("content").map_or(0, text_chars);
-            for c in m.get("tool_calls").into_iter().flat_map(Json::items) {
+        for m in messages.into_iter().flat_map(Json::items) {
+            let [content, tool_calls] = m.fields(["content", "tool_calls"]);
+            n += content.map_or(0, text_chars);
+            for c in tool_calls.into_iter().flat_map(Json::items) {
                 n += c.get("function").and_then(|f| f.get("arguments")).map_or(0, text_chars);
             }
         }
-        for field in ["prompt", "input", "system"] {
-            n += body.get(field).map_or(0, text_chars);
-        }
-        n
+        n + [prompt, input, system].into_iter().flatten().map(text_chars).sum::<usize>()
     }
 
     /// Our estimate of the prompt's tokens, used until the provider reports real usage.

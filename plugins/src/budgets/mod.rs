@@ -78,7 +78,7 @@ impl Applied {
 
 /// What on_request found, for on_complete.
 #[derive(Debug, Clone)]
-struct Checked(Vec<Applied>);
+struct Checked(std::sync::Arc<Vec<Applied>>);
 
 impl Budgets {
     pub fn new(
@@ -242,7 +242,8 @@ impl Plugin for Budgets {
             return Ok(Flow::Continue);
         }
         let Some(who) = ctx.identity.clone() else { return Ok(Flow::Continue) };
-        let applied = self.applied(&who);
+        // Shared with the request's `Checked` mark below, not copied into it.
+        let applied = std::sync::Arc::new(self.applied(&who));
         if applied.is_empty() {
             return Ok(Flow::Continue);
         }
