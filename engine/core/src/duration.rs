@@ -25,24 +25,24 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// digit: float formatting with a precision, or even `write!`, is one of the dearer things a request
 /// would do, and `Server-Timing` and the access line carry such numbers on every answer.
 pub fn push_millis(out: &mut Vec<u8>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    out.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
-    let mut fraction = *b".000";
-    crate::calendar::put_digits(&mut fraction[1..], us % 1000);
-    out.extend_from_slice(&fraction);
+    push_thousandths(out, u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
 }
 
 /// `d` in seconds with three decimals (`1.250`), rounded to the nearest millisecond, as OpenAI's
-/// `x-ratelimit-reset-*` headers carry it (with an `s`); written digit by digit, like
-/// [`push_millis`].
+/// `x-ratelimit-reset-*` headers carry it (with an `s`).
 pub fn seconds_text(d: Duration) -> String {
-    let ms = u64::try_from(d.as_micros().saturating_add(500) / 1000).unwrap_or(u64::MAX);
-    let mut out = String::with_capacity(16);
-    out.push_str(itoa::Buffer::new().format(ms / 1000));
+    let mut out = Vec::with_capacity(16);
+    push_thousandths(&mut out, u64::try_from(d.as_micros().saturating_add(500) / 1000).unwrap_or(u64::MAX));
+    // Digits and a point only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `n / 1000` with three decimals, digit by digit.
+fn push_thousandths(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
     let mut fraction = *b".000";
-    crate::calendar::put_digits(&mut fraction[1..], ms % 1000);
-    out.extend(fraction.iter().map(|&b| char::from(b)));
-    out
+    crate::calendar::put_digits(&mut fraction[1..], n % 1000);
+    out.extend_from_slice(&fraction);
 }
 
 #[cfg(test)]
