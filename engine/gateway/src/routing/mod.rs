@@ -19,20 +19,27 @@ use circuit::Circuit;
 use sluice_core::ctx::TargetFacts;
 
 /// One concrete choice: a provider, the model name it knows, a weight and a region.
+///
+/// Its name (`provider/model`, the name in headers, metrics and logs), upstream model and region
+/// are its [`TargetFacts`], read through `Deref` (`target.name`): made once, and shared with each
+/// request served here (`ctx.target`) instead of copied into it.
 pub struct Target {
-    /// `provider/model`, the name in headers, metrics and logs.
-    pub name: String,
     pub provider: Arc<Provider>,
-    pub upstream_model: String,
     pub weight: u32,
-    pub region: Option<String>,
     /// Tags for residency rules (e.g. `baa`): the provider's and the target's own.
     pub tags: Vec<String>,
     pub circuit: Circuit,
     /// Set from a provider's 429 `Retry-After`: the target is out of rotation until then.
     cooled_until: Mutex<Option<Instant>>,
-    /// What a request served here records of it, made once: shared by each such request.
     facts: Arc<TargetFacts>,
+}
+
+impl std::ops::Deref for Target {
+    type Target = TargetFacts;
+
+    fn deref(&self) -> &TargetFacts {
+        &self.facts
+    }
 }
 
 impl Target {
@@ -48,24 +55,13 @@ impl Target {
         region: Option<String>,
         circuit: Circuit,
     ) -> Self {
-        let name = format!("{}/{}", provider.name, upstream_model);
         let facts = Arc::new(TargetFacts {
-            name: name.clone(),
+            name: format!("{}/{}", provider.name, upstream_model),
             provider: provider.name.clone(),
-            upstream_model: upstream_model.clone(),
-            region: region.clone(),
-        });
-        Self {
-            name,
-            provider,
             upstream_model,
-            weight,
             region,
-            tags: Vec::new(),
-            circuit,
-            cooled_until: Mutex::new(None),
-            facts,
-        }
+        });
+        Self { provider, weight, tags: Vec::new(), circuit, cooled_until: Mutex::new(None), facts }
     }
 
     /// The target as a request records it (`ctx.target`).
