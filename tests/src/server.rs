@@ -67,7 +67,12 @@ impl MockServer {
         F: Fn(Arc<S>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        // A provider's backlog, not the 128 a plain bind gets here: a test that opens hundreds of
+        // connections at once must not see the kernel drop handshakes (the connecting side then
+        // believes it is connected and waits a second for the retransmitted SYN-ACK).
+        let socket = tokio::net::TcpSocket::new_v4().expect("mock socket");
+        socket.bind("127.0.0.1:0".parse().expect("loopback")).expect("bind mock");
+        let listener: TcpListener = socket.listen(4096).expect("listen mock");
         let addr = listener.local_addr().expect("mock addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = connections.clone();

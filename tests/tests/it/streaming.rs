@@ -124,8 +124,10 @@ async fn two_hundred_concurrent_streams_all_complete() {
             tokio::spawn(async move {
                 let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": format!("n{i}")}]});
                 let r = client.post(url).bearer_auth(crate::KEY).json(&body).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.text().await.unwrap()
+                let status = r.status();
+                let text = r.text().await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                text
             })
         })
         .collect();

@@ -339,9 +339,11 @@ async fn replay(
                 .map_err(|_| "timed out".to_owned())?
                 .map_err(|e| e.to_string())?;
         }
-        spool.done(&path);
+        // Counted once PostgreSQL has the records and before the file goes: whoever sees the spool
+        // empty sees them counted.
         ledger.outcomes.with_label_values(&["replayed"]).inc_by(records.len() as u64);
         log::info!("ledger: replayed {} spooled records from {}", records.len(), path.display());
+        spool.done(&path);
     }
     Ok(())
 }
