@@ -31,6 +31,15 @@ pub struct LimitsConfig {
     /// `x-sluice-ratelimit-observe`, never enforced.
     #[serde(default)]
     pub observe: Vec<String>,
+    /// With Redis: the share of each limit, in percent, an instance may reserve ahead for its next
+    /// requests of the same caller (a lease), so that most requests are admitted without a round
+    /// trip. Leased units are taken in Redis: instances together never pass a limit. Near a limit
+    /// no lease is granted and every request goes to Redis. `0` turns leases off.
+    #[serde(default = "default_lease_percent")]
+    pub lease_percent: f64,
+    /// How long a lease's units may be used; what is left then goes back to Redis.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -79,12 +88,22 @@ impl Default for LimitsConfig {
             queue_max_wait: default_queue_wait(),
             on_store_failure: FailMode::default(),
             observe: Vec::new(),
+            lease_percent: default_lease_percent(),
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
 
 fn default_queue_wait() -> String {
     "2s".into()
+}
+
+fn default_lease_percent() -> f64 {
+    1.0
+}
+
+fn default_lease_ttl() -> String {
+    "1s".into()
 }
 
 /// Per-minute limits; either may be left out.

@@ -57,6 +57,11 @@ fn a_bad_file_fails_with_the_key_path_and_a_sentence() {
             "models.a.targets[1].model: `my-finetune` has no price",
         ),
         ("[pricing.models.m]\ninput = \"1.5.0\"\noutput = \"1\"\n", "pricing.models.m.input"),
+        (
+            "[state]\nredis = \"redis://127.0.0.1:6379\"\n[limits]\nlease_percent = 80\n",
+            "limits.lease_percent: 80 is not a share from 0 to 50",
+        ),
+        ("[state]\nredis = \"redis://127.0.0.1:6379\"\n[limits]\nlease_ttl = \"soon\"\n", "limits.lease_ttl"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));

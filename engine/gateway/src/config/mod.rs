@@ -224,8 +224,17 @@ pub fn build(file: ConfigFile) -> Result<Gateway, String> {
                 };
                 let prefix = &file.state.key_prefix;
                 let local = file.limits.as_ref().is_none_or(|l| l.on_store_failure == FailMode::Local);
-                let limits = RedisLimits::new(&url, prefix, local, file.state.redis_ca_file.as_deref())
+                let mut limits = RedisLimits::new(&url, prefix, local, file.state.redis_ca_file.as_deref())
                     .map_err(|e| format!("state.redis: {e}"))?;
+                if let Some(l) = &file.limits {
+                    if !(0.0..=50.0).contains(&l.lease_percent) {
+                        return Err(format!(
+                            "limits.lease_percent: {} is not a share from 0 to 50 (percent)",
+                            l.lease_percent
+                        ));
+                    }
+                    limits = limits.with_leases(l.lease_percent, duration(&l.lease_ttl, "limits.lease_ttl")?);
+                }
                 let healthy = limits.healthy();
                 let refresh = match &file.budgets {
                     Some(b) => duration(&b.refresh, "budgets.refresh")?,

@@ -17,6 +17,10 @@
 //! if the reservation also ran in Redis after its deadline, Redis keeps it uncorrected until it
 //! expires — again on the side of the limit.
 //!
+//! Leases (`limits.lease_percent`, on by default): the script can also take units ahead for the
+//! next requests of the same caller, which this instance then admits without a round trip while
+//! the lease lasts (`limits.lease_ttl`) — see [`RedisLimits::reserve`] and docs/operations.md.
+//!
 //! When Redis cannot answer (down, slow beyond the command timeout), the in-process limiter takes
 //! over for this instance — limits stay in force, but per instance — and `/health` says so. A
 //! request never waits on a connection known to be down, and after three failed calls in a row
@@ -47,22 +51,25 @@ use super::memory::MemoryLimits;
 /// `tonumber` on three dozen arguments and a reply of nested arrays cost Redis more than the
 /// arithmetic, and the client as much again to encode and decode (see docs/benchmarks.md).
 ///
-/// `ARGV[1]`: the number n of buckets to reserve, the number m of fields, per field the index of its
-/// hash in `KEYS`, then per bucket (the n reserved first, then the corrections) its field's index,
-/// limit, period (ms) and units (the cost, or a correction's delta). `ARGV[2..=m+1]`: the field
-/// names. Returns, packed, per reserved bucket: allowed (1/0), remaining, ms until full, ms to wait
-/// when refused; nothing when n = 0.
+/// `ARGV[1]`: the number n of buckets to reserve, the number m of fields, the lease k, per field
+/// the index of its hash in `KEYS`, then per bucket (the n reserved first, then the corrections)
+/// its field's index, limit, period (ms) and units (the cost, or a correction's delta).
+/// `ARGV[2..=m+1]`: the field names. With k > 0, a request that fits also takes a lease for up to
+/// k more like it: as many as leave every bucket at least twice the lease's units (so leases
+/// shrink as a bucket drains, and none is granted near its limit). Returns, packed, per reserved
+/// bucket: allowed (1/0), remaining, ms until full, ms to wait when refused; then the lease granted
+/// (requests; 0 for none). Nothing when n = 0.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local v = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
-local n, m = v[1], v[2]
-local buckets = (#ARGV[1] / 8 - 2 - m) / 4
+local n, m, lease = v[1], v[2], v[3]
+local buckets = (#ARGV[1] / 8 - 3 - m) / 4
 local tat = {}
 for k = 1, #KEYS do
   local fields, names = {}, {}
   for j = 1, m do
-    if v[2 + j] == k then
+    if v[3 + j] == k then
       fields[#fields + 1] = j
       names[#names + 1] = ARGV[1 + j]
     end
@@ -74,7 +81,7 @@ for k = 1, #KEYS do
 end
 local dirty = {}
 for b = n, buckets - 1 do
-  local at = 3 + m + b * 4
+  local at = 4 + m + b * 4
   local j = v[at]
   if tat[j] then
     local new = tat[j] + v[at + 2] / math.max(v[at + 1], 1) * v[at + 3]
@@ -83,18 +90,37 @@ for b = n, buckets - 1 do
     dirty[j] = true
   end
 end
-local d = {}
-local ok = true
-for b = 0, n - 1 do
-  local at = 3 + m + b * 4
-  local limit, period = v[at + 1], v[at + 2]
-  local per = period / math.max(limit, 1)
-  local old = tat[v[at]] or now
-  if old < now then old = now end
-  local new = old + per * v[at + 3]
-  local allowed = (new - now) <= period
-  if not allowed then ok = false end
-  d[b] = {old, new, allowed, per, period, limit}
+local function try(times)
+  local d, ok = {}, true
+  for b = 0, n - 1 do
+    local at = 4 + m + b * 4
+    local limit, period = v[at + 1], v[at + 2]
+    local per = period / math.max(limit, 1)
+    local old = tat[v[at]] or now
+    if old < now then old = now end
+    local new = old + per * v[at + 3] * times
+    local allowed = (new - now) <= period
+    if not allowed then ok = false end
+    d[b] = {old, new, allowed, per, period, limit}
+  end
+  return d, ok
+end
+local d, ok = try(1)
+if ok and lease > 0 then
+  for b = 0, n - 1 do
+    local cost = v[4 + m + b * 4 + 3]
+    if cost > 0 then
+      local _, new, _, per, period = unpack(d[b])
+      local most = math.floor(math.floor((period - (new - now)) / per) / (2 * cost))
+      if most < lease then lease = most end
+    end
+  end
+  if lease > 0 then
+    local dl, okl = try(1 + lease)
+    if okl then d = dl else lease = 0 end
+  end
+else
+  lease = 0
 end
 local out = {}
 for b = 0, n - 1 do
@@ -102,8 +128,8 @@ for b = 0, n - 1 do
   local kept = old
   if ok then
     kept = new
-    tat[v[3 + m + b * 4]] = new
-    dirty[v[3 + m + b * 4]] = true
+    tat[v[4 + m + b * 4]] = new
+    dirty[v[4 + m + b * 4]] = true
   end
   local remaining = math.floor((period - (kept - now)) / per)
   if remaining < 0 then remaining = 0 end
@@ -115,10 +141,11 @@ for b = 0, n - 1 do
   out[#out + 1] = math.floor(kept - now)
   out[#out + 1] = retry
 end
+if n > 0 then out[#out + 1] = lease end
 for k = 1, #KEYS do
   local set, far = {}, now
   for j = 1, m do
-    if dirty[j] and v[2 + j] == k then
+    if dirty[j] and v[3 + j] == k then
       set[#set + 1] = ARGV[1 + j]
       set[#set + 1] = tostring(tat[j])
       if tat[j] > far then far = tat[j] end
@@ -248,7 +275,101 @@ pub struct RedisLimits {
     /// Token corrections not yet sent: folded into the next reservation of the same org (same
     /// Redis Cluster slot), or sent on their own once older than [`FOLD_WINDOW`].
     pending: Mutex<Pending>,
+    /// How leases are sized, when they are on.
+    lease: Option<LeasePolicy>,
+    /// The leases this instance holds, and those being asked for.
+    leases: Mutex<Leases>,
 }
+
+/// Leases by the keys of the buckets they are taken on.
+#[derive(Default)]
+struct Leases {
+    held: HashMap<String, Lease>,
+    /// Buckets a reservation is asking a lease for now: requests alongside it ask for none, so
+    /// that a burst of them does not take a lease each.
+    asking: std::collections::HashSet<String>,
+}
+
+/// A lease being asked for; dropped (the call done, failed or abandoned), it lets others ask.
+struct Asking<'a> {
+    leases: &'a Mutex<Leases>,
+    name: String,
+    k: u64,
+    ttl: Duration,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).asking.remove(&self.name);
+    }
+}
+
+/// How much an instance reserves ahead: at most `share` of each limit, usable for `ttl`.
+#[derive(Debug, Clone, Copy)]
+struct LeasePolicy {
+    share: f64,
+    ttl: Duration,
+}
+
+/// Units of a set of buckets taken in Redis ahead of the requests that use them: requests of the
+/// same caller are admitted from it without a round trip while it lasts and holds their cost.
+struct Lease {
+    /// Units left per bucket, in the order of the charges it was taken with.
+    left: Vec<u64>,
+    /// The buckets (key, limit, period), to check a request against and to give back what is left.
+    buckets: Vec<(String, u64, Duration)>,
+    /// What Redis answered when it was taken: remaining counts without this lease's units.
+    states: Vec<BucketState>,
+    taken: Instant,
+    /// Requests admitted on it, the one that took it included: the next lease is sized from it.
+    used: u64,
+}
+
+impl Lease {
+    /// Whether `charges` are this lease's buckets and fit in what it has left.
+    fn covers(&self, charges: &[Charge]) -> bool {
+        charges.len() == self.buckets.len()
+            && charges.iter().zip(&self.buckets).zip(&self.left).all(|((c, (key, limit, period)), left)| {
+                c.key == *key && c.limit == *limit && c.period == *period && c.cost <= *left
+            })
+    }
+
+    /// The states to report for a request admitted now: what Redis had left when the lease was
+    /// taken, plus what the lease still holds.
+    fn states(&self) -> Vec<BucketState> {
+        let elapsed = self.taken.elapsed();
+        self.states
+            .iter()
+            .zip(&self.left)
+            .map(|(s, left)| BucketState {
+                allowed: true,
+                remaining: s.remaining + left,
+                reset: s.reset.saturating_sub(elapsed),
+                retry_after: Duration::ZERO,
+                fallback: false,
+            })
+            .collect()
+    }
+
+    /// Gives back what is left: corrections for Redis.
+    fn refund(&self) -> Vec<Adjustment> {
+        self.buckets
+            .iter()
+            .zip(&self.left)
+            .filter(|(_, left)| **left > 0)
+            .map(|((key, limit, period), left)| Adjustment {
+                key: key.clone(),
+                limit: *limit,
+                period: *period,
+                delta: -(*left as i64),
+                fallback: false,
+            })
+            .collect()
+    }
+}
+
+/// Leases held at once before expired ones are swept.
+const LEASES_SWEPT_FROM: usize = 4096;
 
 #[derive(Default)]
 struct Pending {
@@ -372,7 +493,68 @@ impl RedisLimits {
             pending: Mutex::default(),
             healthy: Arc::new(AtomicBool::new(true)),
             hold_off: Arc::new(HoldOff::new()),
+            lease: None,
+            leases: Mutex::default(),
         })
+    }
+
+    /// Turns leases on: each instance may reserve up to `percent` of a limit ahead, usable for
+    /// `ttl`. See [`RedisLimits::reserve`].
+    pub fn with_leases(mut self, percent: f64, ttl: Duration) -> Self {
+        self.lease = (percent > 0.0 && !ttl.is_zero()).then_some(LeasePolicy { share: percent / 100.0, ttl });
+        self
+    }
+
+    /// A request admitted from a lease, if one covers it. An expired lease, or one that cannot
+    /// hold this request, is given back (its refund rides along with the next reservation).
+    /// Otherwise: whether to ask for a new lease (no other request is asking for one for these
+    /// buckets), and how many requests the last one admitted, to size it.
+    fn take_from_lease(
+        &self,
+        name: &str,
+        charges: &[Charge],
+        ttl: Duration,
+    ) -> Result<Vec<BucketState>, Option<u64>> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = 0;
+        let mut refund = Vec::new();
+        if let Some(lease) = leases.held.get_mut(name) {
+            if lease.taken.elapsed() < ttl && lease.covers(charges) {
+                for (left, c) in lease.left.iter_mut().zip(charges) {
+                    *left -= c.cost;
+                }
+                lease.used += 1;
+                return Ok(lease.states());
+            }
+            used = lease.used;
+            refund = lease.refund();
+            leases.held.remove(name);
+        }
+        let ask = leases.asking.insert(name.to_owned());
+        drop(leases);
+        self.defer(&refund);
+        Err(ask.then_some(used))
+    }
+
+    /// Keeps a lease Redis granted; one it replaces (taken by a request running alongside) or
+    /// expired ones swept from a full table are given back.
+    fn keep_lease(&self, name: String, lease: Lease, ttl: Duration) {
+        let mut refund = Vec::new();
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if leases.held.len() >= LEASES_SWEPT_FROM {
+            leases.held.retain(|_, l| {
+                let live = l.taken.elapsed() < ttl;
+                if !live {
+                    refund.extend(l.refund());
+                }
+                live
+            });
+        }
+        if let Some(old) = leases.held.insert(name, lease) {
+            refund.extend(old.refund());
+        }
+        drop(leases);
+        self.defer(&refund);
     }
 
     /// Whether the last call reached Redis (else the in-process limiter is answering).
@@ -400,14 +582,16 @@ impl RedisLimits {
         &self,
         charges: &[Charge],
         corrections: &[Adjustment],
-    ) -> Result<Vec<BucketState>, CallError> {
-        let (keys, args) = self.arguments(charges, corrections);
+        lease: u64,
+    ) -> Result<(Vec<BucketState>, u64), CallError> {
+        let (keys, args) = self.arguments(charges, corrections, lease);
         let client = self.client().await.map_err(|e| CallError { message: e.0, sent: false })?;
         let sent = |message: String| CallError { message, sent: true };
         let reply: Option<Bytes> =
             self.reserve.evalsha_with_reload(&client, keys, args).await.map_err(|e| sent(e.to_string()))?;
         let reply = reply.unwrap_or_default();
-        if reply.len() != charges.len() * 32 {
+        let expected = if charges.is_empty() { 0 } else { charges.len() * 32 + 8 };
+        if reply.len() != expected {
             return Err(sent(format!("Redis answered {} bytes for {} buckets", reply.len(), charges.len())));
         }
         let numbers: Vec<f64> = reply
@@ -415,7 +599,8 @@ impl RedisLimits {
             .map(|b| f64::from_le_bytes(<[u8; 8]>::try_from(b).unwrap_or_default()))
             .collect();
         let ms = |x: f64| Duration::from_millis(x.max(0.0) as u64);
-        Ok(numbers
+        let leased = if charges.is_empty() { 0 } else { numbers.last().map_or(0, |x| x.max(0.0) as u64) };
+        let states = numbers
             .chunks_exact(4)
             .map(|r| BucketState {
                 allowed: r[0] == 1.0,
@@ -424,11 +609,17 @@ impl RedisLimits {
                 retry_after: ms(r[3]),
                 fallback: false,
             })
-            .collect())
+            .collect();
+        Ok((states, leased))
     }
 
     /// The keys and arguments of [`RESERVE`]: one hash per hash tag, one field per bucket.
-    fn arguments(&self, charges: &[Charge], corrections: &[Adjustment]) -> (Vec<String>, Vec<Value>) {
+    fn arguments(
+        &self,
+        charges: &[Charge],
+        corrections: &[Adjustment],
+        lease: u64,
+    ) -> (Vec<String>, Vec<Value>) {
         let buckets = charges
             .iter()
             .map(|c| (c.key.as_str(), c.limit, c.period, c.cost as f64))
@@ -455,12 +646,12 @@ impl RedisLimits {
             };
             rows.push([(j + 1) as f64, limit as f64, period.as_millis() as f64, units]);
         }
-        let header = [charges.len() as f64, fields.len() as f64];
+        let header = [charges.len() as f64, fields.len() as f64, lease as f64];
         let numbers = header
             .into_iter()
             .chain(fields.iter().map(|(k, _)| (k + 1) as f64))
             .chain(rows.into_iter().flatten());
-        let mut packed = Vec::with_capacity(8 * (2 + fields.len() + 4 * (charges.len() + corrections.len())));
+        let mut packed = Vec::with_capacity(8 * (3 + fields.len() + 4 * (charges.len() + corrections.len())));
         for x in numbers {
             packed.extend_from_slice(&x.to_le_bytes());
         }
@@ -485,7 +676,41 @@ impl RedisLimits {
 
 #[async_trait]
 impl LimitStore for RedisLimits {
+    /// With leases on, a request whose buckets this instance holds a lease on, with room for its
+    /// cost, is admitted from it without a round trip. Otherwise the reservation asks Redis for
+    /// the request and a lease for up to k more like it — k twice what the last lease admitted,
+    /// at most the policy's share of each limit; the script grants what leaves every bucket at
+    /// least twice the lease (nothing near a limit). Only one request at a time asks for a given
+    /// caller's lease; those alongside it reserve for themselves alone. Leased units are charged
+    /// in Redis when granted, so instances together never pass a limit; what a lease has not used
+    /// when it expires goes back with the next reservation.
     async fn reserve(&self, charges: &[Charge]) -> Result<Vec<BucketState>, StoreError> {
+        let mut lease = None;
+        if let Some(policy) = self.lease
+            && !charges.is_empty()
+        {
+            let mut name = String::with_capacity(charges.iter().map(|c| c.key.len() + 1).sum());
+            for c in charges {
+                name.push_str(&c.key);
+                name.push('\n');
+            }
+            match self.take_from_lease(&name, charges, policy.ttl) {
+                Ok(states) => return Ok(states),
+                Err(None) => {}
+                Err(Some(used)) => {
+                    // The most requests like this one the share of every limit holds.
+                    let most = charges
+                        .iter()
+                        .filter(|c| c.cost > 0)
+                        .map(|c| (c.limit as f64 * policy.share / c.cost as f64) as u64)
+                        .min()
+                        .unwrap_or(0);
+                    let k = (2 * used).clamp(1, most.max(1)).min(most);
+                    // Dropped on every way out of this call, so others may ask again.
+                    lease = Some(Asking { leases: &self.leases, name, k, ttl: policy.ttl });
+                }
+            }
+        }
         if self.hold_off.active() {
             return match &self.fallback {
                 Some(local) => self.reserve_locally(local, charges).await,
@@ -507,9 +732,29 @@ impl LimitStore for RedisLimits {
             }
             None => Vec::new(),
         };
-        match self.call(charges, &folded).await {
-            Ok(states) => {
+        let k = lease.as_ref().map_or(0, |a| a.k);
+        match self.call(charges, &folded, k).await {
+            Ok((mut states, leased)) => {
                 self.note(true, "reserve", None);
+                if let (k @ 1.., Some(asking)) = (leased, lease.as_ref()) {
+                    let left: Vec<u64> = charges.iter().map(|c| c.cost * k).collect();
+                    // Reported as the lease will: the units it holds are this caller's to use.
+                    for (s, l) in states.iter_mut().zip(&left) {
+                        s.remaining += l;
+                    }
+                    let granted = Lease {
+                        states: states
+                            .iter()
+                            .zip(&left)
+                            .map(|(s, l)| BucketState { remaining: s.remaining - l, ..*s })
+                            .collect(),
+                        left,
+                        buckets: charges.iter().map(|c| (c.key.clone(), c.limit, c.period)).collect(),
+                        taken: Instant::now(),
+                        used: 1,
+                    };
+                    self.keep_lease(asking.name.clone(), granted, asking.ttl);
+                }
                 Ok(states)
             }
             Err(e) => {
@@ -553,7 +798,7 @@ impl LimitStore for RedisLimits {
         }
         for group in by_tag.into_values() {
             let group: Vec<Adjustment> = group.into_iter().cloned().collect();
-            match self.call(&[], &group).await {
+            match self.call(&[], &group, 0).await {
                 Ok(_) => self.note(true, "adjust", None),
                 Err(e) => {
                     self.note(false, "adjust", Some(&e));
