@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
-//!     [--threads N] [--limits] [--governance]
+//!     [--threads N] [--limits] [--governance] [--no-leases]
 //! ```
 //! `--limits` turns the limits plugin on over Redis; `--governance` turns on everything #4 adds:
 //! a managed key (PostgreSQL, issued through the admin API), limits and budgets over Redis, and
-//! the cost ledger in PostgreSQL (a database of its own, dropped at the end).
+//! the cost ledger in PostgreSQL (a database of its own, dropped at the end). `--no-leases` makes
+//! every request reserve in Redis (`limits.lease_percent = 0`): the load is one caller, whose
+//! requests a lease otherwise mostly admits without a round trip.
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
 //! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
 //!
@@ -53,6 +55,8 @@ struct Args {
     /// Turn the limits plugin on (org, team and app, requests and tokens), counters in Redis on
     /// 127.0.0.1:6379; limits high enough that nothing is refused.
     limits: bool,
+    /// `limits.lease_percent = 0`.
+    no_leases: bool,
     /// Managed keys, limits, budgets and the ledger: Redis and PostgreSQL on their usual ports.
     governance: bool,
     /// Count instructions per request under callgrind over this many requests instead of timing.
@@ -87,6 +91,7 @@ fn args() -> Args {
         stream: false,
         threads: 0,
         limits: false,
+        no_leases: false,
         governance: false,
         instructions: None,
     };
@@ -98,6 +103,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--stream" => a.stream = true,
             "--limits" => a.limits = true,
+            "--no-leases" => a.no_leases = true,
             "--governance" => {
                 a.limits = true;
                 a.governance = true;
@@ -255,6 +261,7 @@ fn start_sluice(
          [limits]\norg = { rpm = 10000000, tpm = 10000000000 }\nteam = { rpm = 10000000, tpm = 10000000000 }\n\
          app = { rpm = 10000000, tpm = 10000000000 }\n"
             .to_owned()
+            + if args.no_leases { "lease_percent = 0\n" } else { "" }
     } else {
         String::new()
     };
