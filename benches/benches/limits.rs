@@ -1,5 +1,5 @@
 //! The limits check: one reservation of three levels (requests and tokens each), in memory and in
-//! Redis; and the budgets check: reading the four spend counters of a request (team and key, day
+//! Redis (each request, or with leases); and the budgets check: reading the four spend counters of a request (team and key, day
 //! and month) and adding a cost to them, in memory and in Redis (Redis benches are skipped when no
 //! Redis answers on 127.0.0.1:6379).
 
@@ -80,6 +80,17 @@ fn limits(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 black_box(rt.block_on(redis.reserve(&charges(i))).unwrap())
+            })
+        });
+        // With leases (the gateway's default: 1 % of each limit, for 1 s): 64 callers in turn,
+        // each admitted from its lease but for the reservation that takes the next one.
+        let leased = RedisLimits::new("redis://127.0.0.1:6379", "sluice-bench:", true, None)
+            .unwrap()
+            .with_leases(1.0, Duration::from_secs(1));
+        group.bench_function("reserve_3_levels_redis_leased", |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(rt.block_on(leased.reserve(&charges(i))).unwrap())
             })
         });
     } else {
