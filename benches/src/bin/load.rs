@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
-//!     [--threads N] [--limits] [--governance] [--no-leases]
+//!     [--threads N] [--limits] [--governance] [--no-leases] [--callers N]
 //! ```
 //! `--limits` turns the limits plugin on over Redis; `--governance` turns on everything #4 adds:
 //! a managed key (PostgreSQL, issued through the admin API), limits and budgets over Redis, and
 //! the cost ledger in PostgreSQL (a database of its own, dropped at the end). `--no-leases` makes
 //! every request reserve in Redis (`limits.lease_percent = 0`): the load is one caller, whose
-//! requests a lease otherwise mostly admits without a round trip.
+//! requests a lease otherwise mostly admits without a round trip; `--callers N` (with
+//! `--governance`) spreads the requests over N managed keys of N apps, each request the next
+//! key in turn (each caller its own limits, lease and key budget).
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
 //! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
 //!
@@ -57,6 +59,8 @@ struct Args {
     limits: bool,
     /// `limits.lease_percent = 0`.
     no_leases: bool,
+    /// Managed keys (one app each) the requests take turns with, with `--governance`.
+    callers: usize,
     /// Managed keys, limits, budgets and the ledger: Redis and PostgreSQL on their usual ports.
     governance: bool,
     /// Count instructions per request under callgrind over this many requests instead of timing.
@@ -81,8 +85,16 @@ fn launch(program: &Path, name: &str) -> Command {
     }
 }
 
-/// The key Sluice is driven with: the config's, or the managed key issued for `--governance`.
-static SLUICE_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The managed keys issued for `--governance` (else requests carry the config's `KEY`).
+static SLUICE_KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The key of request `i`: the config's, or the managed keys in turn.
+fn sluice_key(i: u64) -> &'static str {
+    match SLUICE_KEYS.get() {
+        Some(keys) if !keys.is_empty() => &keys[(i % keys.len() as u64) as usize],
+        _ => KEY,
+    }
+}
 
 fn args() -> Args {
     let mut a = Args {
@@ -92,6 +104,7 @@ fn args() -> Args {
         threads: 0,
         limits: false,
         no_leases: false,
+        callers: 1,
         governance: false,
         instructions: None,
     };
@@ -104,6 +117,7 @@ fn args() -> Args {
             "--stream" => a.stream = true,
             "--limits" => a.limits = true,
             "--no-leases" => a.no_leases = true,
+            "--callers" => a.callers = it.next().and_then(|v| v.parse().ok()).expect("--callers N"),
             "--governance" => {
                 a.limits = true;
                 a.governance = true;
@@ -176,14 +190,26 @@ fn psql(sql: &str) {
     );
 }
 
-/// Creates org `o`, team `t`, app `a` and a managed key through the admin API; returns the key.
-async fn issue_key(client: &reqwest::Client, admin: u16) -> String {
+/// Creates org `o`, team `t`, `callers` apps (`a`, `a1`, `a2`, …) and a managed key for each
+/// through the admin API; returns the keys.
+async fn issue_keys(client: &reqwest::Client, admin: u16, callers: usize) -> Vec<String> {
+    let mut keys = Vec::with_capacity(callers);
+    for i in 0..callers.max(1) {
+        let app = if i == 0 { "a".to_owned() } else { format!("a{i}") };
+        keys.push(issue_key(client, admin, &app, i == 0).await);
+    }
+    keys
+}
+
+/// Creates app `app` (with org `o` and team `t` first when `first`) and a managed key for it.
+async fn issue_key(client: &reqwest::Client, admin: u16, app: &str, first: bool) -> String {
     let base = format!("http://127.0.0.1:{admin}/admin");
-    for (path, body) in [
-        ("orgs", serde_json::json!({"id": "o"})),
-        ("teams", serde_json::json!({"id": "t", "org": "o"})),
-        ("apps", serde_json::json!({"id": "a", "team": "t"})),
-    ] {
+    let owners =
+        [("orgs", serde_json::json!({"id": "o"})), ("teams", serde_json::json!({"id": "t", "org": "o"}))];
+    let skip = if first { 0 } else { owners.len() };
+    for (path, body) in
+        owners.into_iter().skip(skip).chain([("apps", serde_json::json!({"id": app, "team": "t"}))])
+    {
         let r = client
             .post(format!("{base}/{path}"))
             .bearer_auth("load-admin-token")
@@ -196,7 +222,7 @@ async fn issue_key(client: &reqwest::Client, admin: u16) -> String {
     let r = client
         .post(format!("{base}/keys"))
         .bearer_auth("load-admin-token")
-        .json(&serde_json::json!({"app": "a", "name": "load"}))
+        .json(&serde_json::json!({"app": app, "name": "load"}))
         .send()
         .await
         .unwrap();
@@ -503,7 +529,7 @@ async fn drive(
             let sent = Instant::now();
             let r = client
                 .post(url)
-                .bearer_auth(SLUICE_KEY.get().map_or(KEY, String::as_str))
+                .bearer_auth(sluice_key(i))
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
@@ -543,10 +569,10 @@ async fn drive(
 async fn sequential(url: &str, body: &Bytes, n: u64) -> u64 {
     let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
     let mut ok = 0;
-    for _ in 0..n {
+    for i in 0..n {
         let r = client
             .post(url)
-            .bearer_auth(SLUICE_KEY.get().map_or(KEY, String::as_str))
+            .bearer_auth(sluice_key(i))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -635,7 +661,7 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     wait_up(&client, &format!("http://127.0.0.1:{sluice_port}/health")).await;
     if args.governance {
-        SLUICE_KEY.set(issue_key(&client, admin_port).await).unwrap();
+        SLUICE_KEYS.set(issue_keys(&client, admin_port, args.callers).await).unwrap();
     }
     if pingora.is_some() {
         wait_up(&client, &format!("http://127.0.0.1:{pingora_port}/")).await;
