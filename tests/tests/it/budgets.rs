@@ -185,3 +185,44 @@ async fn client_for(gw: &sluice_tests::gateway::TestGateway) -> u16 {
     r.bytes().await.unwrap();
     status
 }
+
+/// A spend reading older than `refresh` (but younger than four windows) answers at once, and a
+/// fresh one is read behind the request: a key used a few times a second does not wait on Redis.
+/// Shown with a Redis that hangs: the request is answered from the stale reading before the read
+/// behind it fails, which only then marks Redis unreachable.
+#[tokio::test]
+async fn a_stale_spend_reading_answers_at_once_and_is_read_again_behind_the_request() {
+    let redis = sluice_tests::redis_server::RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    let extra = format!(
+        "{PRICING}[server]\nthreads = 1\n[state]\nredis = \"{}\"\n\
+         [budgets]\nteam = {{ daily = \"1.00\" }}\nrefresh = \"300ms\"\n",
+        redis.url()
+    );
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], &extra).await;
+    let health = || async {
+        let h: Value = crate::client().get(gw.url("/health")).send().await.unwrap().json().await.unwrap();
+        h["redis"].as_str().unwrap_or_default().to_owned()
+    };
+    // Read from Redis, and the spend sent 300 ms later (its answer is the reading from then on).
+    assert_eq!(client_for(&gw).await, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(health().await, "ok");
+
+    // The reading is now 400 ms old: stale, still within four windows.
+    redis.pause();
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.status(), 200);
+    let remaining = r.headers()["x-sluice-budget-remaining-usd"].to_str().unwrap().to_owned();
+    r.bytes().await.unwrap();
+    assert_eq!(health().await, "ok", "answered before the read behind it gave up on Redis");
+    let cost: f64 = 1.0 - remaining.parse::<f64>().unwrap();
+    assert!(cost > 0.0 && cost < 0.001, "the first request's spend is in the reading: {remaining}");
+    // The read behind the request passes its deadline: Redis is marked unreachable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while health().await == "ok" {
+        assert!(std::time::Instant::now() < deadline, "the read behind the request never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.resume();
+}

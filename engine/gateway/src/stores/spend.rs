@@ -13,9 +13,12 @@
 //! The Redis store answers reads from the values it last saw (read or returned by an add) for up
 //! to `budgets.refresh`, plus what this instance spent since, so the request path usually makes no
 //! Redis call for budgets; and it sends its spend at most once per `refresh` (all pending amounts
-//! in one call per org), so the end of a request usually makes none either. Other instances see
-//! this instance's spend up to two windows late; spend not yet sent when the process stops is
-//! rebuilt from the ledger only if the counter is lost.
+//! in one call per org), so the end of a request usually makes none either. A reading older than
+//! `refresh` but younger than [`STALE_FOR`] of them still answers at once, while a fresh one is read
+//! behind the request (one read at a time per set of counters): a key used a few times a second
+//! then never waits on Redis either. Other instances see this instance's spend up to two windows
+//! late (up to [`STALE_FOR`] + 1 windows for a caller seen less often); spend not yet sent when the
+//! process stops is rebuilt from the ledger only if the counter is lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +35,9 @@ use sluice_core::money::Micros;
 
 use super::redis::{HoldOff, tag, thread_client};
 use crate::db::Db;
+
+/// How many `refresh` windows old a reading may be and still answer while a fresh one is read.
+pub const STALE_FOR: u32 = 4;
 
 /// How long a failed rebuild is not retried for the same counter.
 const SEED_BACKOFF: Duration = Duration::from_secs(30);
@@ -192,6 +198,8 @@ struct RedisInner {
     scheduled: AtomicBool,
     /// Last values seen, and when.
     seen: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Sets of counters (their keys joined) being read again behind a request.
+    reading: Mutex<std::collections::HashSet<String>>,
     refresh: Duration,
     /// Spend added here and not yet sent: sent with the first add after `refresh`, one call per org.
     unsent: Mutex<Unsent>,
@@ -240,25 +248,54 @@ impl RedisInner {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 100_000 {
-            seen.retain(|_, (_, at)| at.elapsed() < self.refresh);
+            seen.retain(|_, (_, at)| at.elapsed() < self.refresh * STALE_FOR);
         }
         for (c, v) in counters.iter().zip(values) {
             seen.insert(c.key.clone(), (v.0, now));
         }
     }
 
-    /// The values seen within `refresh` plus what this instance has not sent yet, if every
-    /// counter has one.
-    fn recent(&self, counters: &[Counter]) -> Option<Vec<Micros>> {
+    /// The values seen within `age` plus what this instance has not sent yet, if every counter
+    /// has one; and whether any is older than `refresh`.
+    fn recent(&self, counters: &[Counter], age: Duration) -> Option<(Vec<Micros>, bool)> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
-        counters
+        let mut stale = false;
+        let values = counters
             .iter()
             .map(|c| {
-                let (v, _) = seen.get(&c.key).filter(|(_, at)| at.elapsed() < self.refresh)?;
+                let (v, at) = seen.get(&c.key).filter(|(_, at)| at.elapsed() < age)?;
+                stale |= at.elapsed() >= self.refresh;
                 Some(Micros(v + unsent.by_key.get(&c.key).map_or(0, |(_, n)| *n)))
             })
-            .collect()
+            .collect::<Option<Vec<Micros>>>()?;
+        Some((values, stale))
+    }
+
+    /// Reads `counters` again behind the request, unless a read of them is under way.
+    fn read_behind(self: &Arc<Self>, counters: &[Counter]) {
+        if self.hold_off.active() {
+            return;
+        }
+        let mut name = String::with_capacity(counters.iter().map(|c| c.key.len() + 1).sum());
+        for c in counters {
+            name.push_str(&c.key);
+            name.push('\n');
+        }
+        if !self.reading.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            return;
+        }
+        let (inner, counters) = (self.clone(), counters.to_vec());
+        tokio::spawn(async move {
+            match inner.try_spent(&counters).await {
+                Ok(v) => {
+                    inner.hold_off.record(true);
+                    inner.remember(&counters, &v);
+                }
+                Err(e) => inner.failed("read", &e),
+            }
+            inner.reading.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
     }
 
     /// Sends `adds` (counter, amount), one call per org; remembers the new values.
@@ -325,8 +362,11 @@ impl RedisInner {
         Ok(out)
     }
 
-    async fn spent(&self, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
-        if let Some(values) = self.recent(counters) {
+    async fn spent(self: &Arc<Self>, counters: &[Counter]) -> Result<Vec<Micros>, StoreError> {
+        if let Some((values, stale)) = self.recent(counters, self.refresh * STALE_FOR) {
+            if stale {
+                self.read_behind(counters);
+            }
             return Ok(values);
         }
         if self.hold_off.active() {
@@ -443,6 +483,7 @@ impl RedisSpend {
             hold_off,
             scheduled: AtomicBool::new(false),
             seen: Mutex::new(HashMap::new()),
+            reading: Mutex::default(),
             refresh,
             unsent: Mutex::default(),
         })))
