@@ -821,3 +821,64 @@ impl LimitStore for RedisLimits {
         "redis"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(key: &str, cost: u64) -> Charge {
+        Charge { key: key.into(), limit: 1_000, period: Duration::from_secs(60), cost }
+    }
+
+    fn lease(left: &[u64]) -> Lease {
+        let keys = ["{org:o}:team:t:rpm", "{org:o}:team:t:tpm"];
+        Lease {
+            left: left.to_vec(),
+            buckets: keys.iter().map(|k| ((*k).to_owned(), 1_000, Duration::from_secs(60))).collect(),
+            states: vec![
+                BucketState {
+                    allowed: true,
+                    remaining: 900,
+                    reset: Duration::from_secs(6),
+                    retry_after: Duration::ZERO,
+                    fallback: false,
+                };
+                2
+            ],
+            taken: Instant::now(),
+            used: 1,
+        }
+    }
+
+    #[test]
+    fn a_lease_covers_only_its_own_buckets_with_room_for_the_cost() {
+        let l = lease(&[3, 100]);
+        assert!(l.covers(&[charge("{org:o}:team:t:rpm", 1), charge("{org:o}:team:t:tpm", 100)]));
+        assert!(
+            !l.covers(&[charge("{org:o}:team:t:rpm", 1), charge("{org:o}:team:t:tpm", 101)]),
+            "tokens short"
+        );
+        assert!(!l.covers(&[charge("{org:o}:team:t:rpm", 1)]), "another set of buckets");
+        assert!(
+            !l.covers(&[charge("{org:o}:team:u:rpm", 1), charge("{org:o}:team:t:tpm", 1)]),
+            "another owner"
+        );
+        let mut other_limit = charge("{org:o}:team:t:tpm", 1);
+        other_limit.limit = 2_000;
+        assert!(!l.covers(&[charge("{org:o}:team:t:rpm", 1), other_limit]), "a limit changed by a reload");
+    }
+
+    #[test]
+    fn a_lease_reports_redis_remaining_plus_what_it_holds_and_refunds_what_is_left() {
+        let l = lease(&[3, 0]);
+        let states = l.states();
+        assert_eq!(states.iter().map(|s| s.remaining).collect::<Vec<_>>(), [903, 900]);
+        assert!(states.iter().all(|s| s.allowed && !s.fallback && s.reset <= Duration::from_secs(6)));
+        let refund = l.refund();
+        assert_eq!(refund.len(), 1, "nothing to give back on an empty bucket");
+        assert_eq!(
+            (refund[0].key.as_str(), refund[0].delta, refund[0].fallback),
+            ("{org:o}:team:t:rpm", -3, false)
+        );
+    }
+}
