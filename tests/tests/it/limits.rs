@@ -70,10 +70,13 @@ async fn token_corrections(state: &str) {
 /// Two gateway instances sharing the test Redis under a fresh key prefix, with `limits` as the
 /// body of their `[limits]` table.
 async fn two_instances(mock: &MockOpenAi, limits: &str) -> (TestGateway, TestGateway) {
-    let extra = format!(
-        "[state]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n[limits]\n{limits}\n",
-        crate::redis_prefix()
-    );
+    let state = format!("redis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"", crate::redis_prefix());
+    two_instances_on(mock, &state, limits).await
+}
+
+/// Two gateways with `[state]` `state` and `[limits]` `limits`.
+async fn two_instances_on(mock: &MockOpenAi, state: &str, limits: &str) -> (TestGateway, TestGateway) {
+    let extra = format!("[state]\n{state}\n[limits]\n{limits}\n");
     // 300 requests at once on a loaded 2-core machine: the mock may take longer than the usual
     // 1 s first-byte deadline, and a 504 (then a retry) would blur the count of admitted requests.
     let models = format!("[models.m]\ntargets = [{{ provider = \"p0\", model = \"ok\" }}]\n{extra}");
@@ -542,15 +545,12 @@ async fn leases_admit_most_requests_without_a_round_trip_and_never_pass_the_shar
     let redis = sluice_tests::redis_server::RedisServer::start();
     let mock = MockOpenAi::start().await;
     // 5 % of 400 a minute: leases of up to 20 requests.
-    let extra = format!(
-        "[state]\nredis = \"{}\"\n[limits]\nteam = {{ rpm = 400 }}\nlease_percent = 5\non_store_failure = \"closed\"\n",
-        redis.url()
-    );
-    let models = format!("[models.m]\ntargets = [{{ provider = \"p0\", model = \"ok\" }}]\n{extra}");
-    let text = crate::config(&[mock.url()], &models)
-        .replace("first_byte_timeout = \"1s\"", "first_byte_timeout = \"20s\"");
-    let a = TestGateway::start(crate::BIN, &text).await;
-    let b = TestGateway::start(crate::BIN, &text).await;
+    let (a, b) = two_instances_on(
+        &mock,
+        &format!("redis = \"{}\"", redis.url()),
+        "team = { rpm = 400 }\nlease_percent = 5\non_store_failure = \"closed\"",
+    )
+    .await;
     let calls = || {
         let out = std::process::Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "info", "commandstats"])
