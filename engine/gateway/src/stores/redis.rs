@@ -438,6 +438,16 @@ pub(crate) fn tag(key: &str) -> &str {
     }
 }
 
+/// Store keys as one name (each ended by a newline), for what is kept per set of keys.
+pub(crate) fn joined<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> String {
+    let mut name = String::with_capacity(keys.clone().map(|k| k.len() + 1).sum());
+    for k in keys {
+        name.push_str(k);
+        name.push('\n');
+    }
+    name
+}
+
 /// A failed call of [`RESERVE`].
 struct CallError {
     message: String,
@@ -689,11 +699,7 @@ impl LimitStore for RedisLimits {
         if let Some(policy) = self.lease
             && !charges.is_empty()
         {
-            let mut name = String::with_capacity(charges.iter().map(|c| c.key.len() + 1).sum());
-            for c in charges {
-                name.push_str(&c.key);
-                name.push('\n');
-            }
+            let name = joined(charges.iter().map(|c| c.key.as_str()));
             match self.take_from_lease(&name, charges, policy.ttl) {
                 Ok(states) => return Ok(states),
                 Err(None) => {}
@@ -705,7 +711,7 @@ impl LimitStore for RedisLimits {
                         .map(|c| (c.limit as f64 * policy.share / c.cost as f64) as u64)
                         .min()
                         .unwrap_or(0);
-                    let k = (2 * used).clamp(1, most.max(1)).min(most);
+                    let k = (2 * used).max(1).min(most);
                     // Dropped on every way out of this call, so others may ask again.
                     lease = Some(Asking { leases: &self.leases, name, k, ttl: policy.ttl });
                 }

@@ -33,7 +33,7 @@ use sluice_core::budgets::{Counter, SpendStore};
 use sluice_core::limits::StoreError;
 use sluice_core::money::Micros;
 
-use super::redis::{HoldOff, tag, thread_client};
+use super::redis::{HoldOff, joined, tag, thread_client};
 use crate::db::Db;
 
 /// How many `refresh` windows old a reading may be and still answer while a fresh one is read.
@@ -264,8 +264,12 @@ impl RedisInner {
         let values = counters
             .iter()
             .map(|c| {
-                let (v, at) = seen.get(&c.key).filter(|(_, at)| at.elapsed() < age)?;
-                stale |= at.elapsed() >= self.refresh;
+                let (v, at) = seen.get(&c.key)?;
+                let old = at.elapsed();
+                if old >= age {
+                    return None;
+                }
+                stale |= old >= self.refresh;
                 Some(Micros(v + unsent.by_key.get(&c.key).map_or(0, |(_, n)| *n)))
             })
             .collect::<Option<Vec<Micros>>>()?;
@@ -277,11 +281,7 @@ impl RedisInner {
         if self.hold_off.active() {
             return;
         }
-        let mut name = String::with_capacity(counters.iter().map(|c| c.key.len() + 1).sum());
-        for c in counters {
-            name.push_str(&c.key);
-            name.push('\n');
-        }
+        let name = joined(counters.iter().map(|c| c.key.as_str()));
         if !self.reading.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
             return;
         }
