@@ -5,13 +5,14 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
-//!     [--threads N] [--limits] [--governance] [--no-leases] [--callers N]
+//!     [--threads N] [--limits] [--governance] [--no-leases] [--lease-ttl D] [--callers N]
 //! ```
 //! `--limits` turns the limits plugin on over Redis; `--governance` turns on everything #4 adds:
 //! a managed key (PostgreSQL, issued through the admin API), limits and budgets over Redis, and
 //! the cost ledger in PostgreSQL (a database of its own, dropped at the end). `--no-leases` makes
 //! every request reserve in Redis (`limits.lease_percent = 0`): the load is one caller, whose
-//! requests a lease otherwise mostly admits without a round trip; `--callers N` (with
+//! requests a lease otherwise mostly admits without a round trip (`--lease-ttl 5s` sets
+//! `limits.lease_ttl`); `--callers N` (with
 //! `--governance`) spreads the requests over N managed keys of N apps, each request the next
 //! key in turn (each caller its own limits, lease and key budget).
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
@@ -59,6 +60,8 @@ struct Args {
     limits: bool,
     /// `limits.lease_percent = 0`.
     no_leases: bool,
+    /// `limits.lease_ttl`, when given.
+    lease_ttl: Option<String>,
     /// Managed keys (one app each) the requests take turns with, with `--governance`.
     callers: usize,
     /// Managed keys, limits, budgets and the ledger: Redis and PostgreSQL on their usual ports.
@@ -104,6 +107,7 @@ fn args() -> Args {
         threads: 0,
         limits: false,
         no_leases: false,
+        lease_ttl: None,
         callers: 1,
         governance: false,
         instructions: None,
@@ -117,6 +121,7 @@ fn args() -> Args {
             "--stream" => a.stream = true,
             "--limits" => a.limits = true,
             "--no-leases" => a.no_leases = true,
+            "--lease-ttl" => a.lease_ttl = Some(it.next().expect("--lease-ttl 5s").clone()),
             "--callers" => a.callers = it.next().and_then(|v| v.parse().ok()).expect("--callers N"),
             "--governance" => {
                 a.limits = true;
@@ -288,6 +293,7 @@ fn start_sluice(
          app = { rpm = 10000000, tpm = 10000000000 }\n"
             .to_owned()
             + if args.no_leases { "lease_percent = 0\n" } else { "" }
+            + &args.lease_ttl.as_ref().map(|t| format!("lease_ttl = \"{t}\"\n")).unwrap_or_default()
     } else {
         String::new()
     };
