@@ -11,10 +11,10 @@
 //! a managed key (PostgreSQL, issued through the admin API), limits and budgets over Redis, and
 //! the cost ledger in PostgreSQL (a database of its own, dropped at the end). `--no-leases` makes
 //! every request reserve in Redis (`limits.lease_percent = 0`): the load is one caller, whose
-//! requests a lease otherwise mostly admits without a round trip (`--lease-ttl 5s` sets
-//! `limits.lease_ttl`); `--callers N` (with
-//! `--governance`) spreads the requests over N managed keys of N apps, each request the next
-//! key in turn (each caller its own limits, lease and key budget).
+//! requests a lease otherwise mostly admits without a round trip; `--lease-ttl 5s` sets
+//! `limits.lease_ttl`. `--callers N` (with `--governance`) spreads the requests over N managed
+//! keys of N apps, each request the next key in turn (each caller its own limits, lease and key
+//! budget).
 //! (`scripts/bench-load` installs nginx when missing and runs exactly that.) Exits 1 when Sluice's
 //! p99 overhead reaches 1 ms or its CPU per request exceeds twice nginx's.
 //!
@@ -198,41 +198,36 @@ fn psql(sql: &str) {
 /// Creates org `o`, team `t`, `callers` apps (`a`, `a1`, `a2`, …) and a managed key for each
 /// through the admin API; returns the keys.
 async fn issue_keys(client: &reqwest::Client, admin: u16, callers: usize) -> Vec<String> {
+    admin_post(client, admin, "orgs", serde_json::json!({"id": "o"})).await;
+    admin_post(client, admin, "teams", serde_json::json!({"id": "t", "org": "o"})).await;
     let mut keys = Vec::with_capacity(callers);
     for i in 0..callers.max(1) {
         let app = if i == 0 { "a".to_owned() } else { format!("a{i}") };
-        keys.push(issue_key(client, admin, &app, i == 0).await);
+        admin_post(client, admin, "apps", serde_json::json!({"id": app, "team": "t"})).await;
+        let v = admin_post(client, admin, "keys", serde_json::json!({"app": app, "name": "load"})).await;
+        keys.push(v["key"].as_str().expect("a key").to_owned());
     }
     keys
 }
 
-/// Creates app `app` (with org `o` and team `t` first when `first`) and a managed key for it.
-async fn issue_key(client: &reqwest::Client, admin: u16, app: &str, first: bool) -> String {
-    let base = format!("http://127.0.0.1:{admin}/admin");
-    let owners =
-        [("orgs", serde_json::json!({"id": "o"})), ("teams", serde_json::json!({"id": "t", "org": "o"}))];
-    let skip = if first { 0 } else { owners.len() };
-    for (path, body) in
-        owners.into_iter().skip(skip).chain([("apps", serde_json::json!({"id": app, "team": "t"}))])
-    {
-        let r = client
-            .post(format!("{base}/{path}"))
-            .bearer_auth("load-admin-token")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "admin {path}: {}", r.text().await.unwrap_or_default());
-    }
+/// POSTs `body` to the admin API's `path`; returns the answer's JSON.
+async fn admin_post(
+    client: &reqwest::Client,
+    admin: u16,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
     let r = client
-        .post(format!("{base}/keys"))
+        .post(format!("http://127.0.0.1:{admin}/admin/{path}"))
         .bearer_auth("load-admin-token")
-        .json(&serde_json::json!({"app": app, "name": "load"}))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["key"].as_str().expect("a key").to_owned()
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.is_success(), "admin {path}: {text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
 fn free_port() -> u16 {
