@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod alloc;
 pub mod audit;
 pub mod audit_export;
 pub mod cli;

@@ -2,7 +2,7 @@
 //! this package so that tests find it through `CARGO_BIN_EXE_sluice-under-test`.
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice::alloc::Allocator = sluice::alloc::Allocator;
 
 fn main() {
     std::process::exit(sluice::cli::main());

@@ -15,7 +15,7 @@ use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 // Pingora's timeouts share 10 ms timer ticks and arm lazily: no timer-wheel wake per request.
 use pingora::proxy::Session;
-use pingora::time::fast_timeout::fast_timeout;
+use pingora::time::tokio_timeout;
 use serde_json::Value;
 use sluice_core::ctx::Endpoint;
 use sluice_core::json::Json;
@@ -454,9 +454,9 @@ async fn http_attempt(
         .map_err(|e| Failure::new(FailureKind::Broken, e.message))?;
         let left = deadline.saturating_duration_since(Instant::now());
         // The exchange (kilobytes of state: Pingora's connection pool lookup, the write, the read)
-        // is made in a box: handed to `fast_timeout` by value, it would be copied twice.
+        // is made in a box: handed to `tokio_timeout` by value, it would be copied twice.
         let exchange = Box::into_pin(boxed!(exchange(&connector, &peer, addr, header, body.clone())));
-        match fast_timeout(left, exchange).await {
+        match tokio_timeout(left, exchange).await {
             Ok(Ok(session)) => return classify(session, peer, settings.idle_timeout, connector).await,
             // A refused or failed connect: another endpoint of the same provider may take it.
             Ok(Err(f)) if f.kind == FailureKind::Connect => {
@@ -599,7 +599,7 @@ impl ReplyBody {
                 Ok(chunks.pop_front())
             }
             ReplyBody::Http { session, idle, .. } => {
-                match fast_timeout(*idle, session.read_response_body()).await {
+                match tokio_timeout(*idle, session.read_response_body()).await {
                     Ok(Ok(Some(b))) => Ok(Some(b)),
                     Ok(Ok(None)) => {
                         release(self).await;
