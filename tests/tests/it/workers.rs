@@ -64,3 +64,31 @@ async fn a_port_another_process_holds_fails_the_start_with_a_clear_error() {
     assert!(err.contains(&format!("server.listen: cannot listen on {addr}")), "{err}");
     drop(held);
 }
+
+/// Timeouts of a second or more run on Tokio's timers: Pingora's timer thread (awake 100 times a
+/// second for the life of the process once started) never starts, and an idle worker wakes only
+/// for the timer it keeps a second ahead (engine/gateway/src/server.rs, `keep_a_timer_ahead`).
+#[tokio::test]
+async fn timeouts_start_no_timer_thread_and_an_idle_worker_wakes_about_once_a_second() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    for stream in [false, true, false] {
+        let mut body = chat_body("m");
+        body["stream"] = stream.into();
+        let resp = crate::post(&gw, "/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.text().await.unwrap().is_empty());
+    }
+    assert_eq!(mock.hits(), 3);
+    assert!(gw.thread_wakeups("Timer").is_empty(), "threads: {}", gw.threads());
+    let before = gw.thread_wakeups("sluice-");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = gw.thread_wakeups("sluice-");
+    assert!(!after.is_empty());
+    for (name, n) in &after {
+        let woke = n - before.get(name).copied().unwrap_or(0);
+        // About three in three seconds; Pingora's timer thread alone would wake 300 times.
+        assert!(woke <= 12, "{name} woke {woke} times in 3 s while idle");
+    }
+    assert!(gw.thread_wakeups("Timer").is_empty(), "threads: {}", gw.threads());
+}
