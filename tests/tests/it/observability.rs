@@ -69,6 +69,39 @@ async fn metrics_count_requests_tokens_attempts_and_gateway_overhead() {
     }
 }
 
+/// A model name a client sends that is no configured alias is answered 404 and counted under
+/// `model="unknown"`: names never become series of their own, so /metrics stays bounded whatever
+/// clients send (the access log keeps the name as sent).
+#[tokio::test]
+async fn metrics_count_unknown_models_under_one_label_and_never_under_the_names_sent() {
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    for name in ["no-such-model-7f3a", "no-such-model-c41e", "no-such-model-7f3a"] {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat_body(name)).await.status(), 404);
+    }
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat_body("m")).await.status(), 200);
+    let needles = [
+        "sluice_requests_total{endpoint=\"/v1/chat/completions\",model=\"unknown\",status=\"404\",target=\"none\"} 3",
+        "sluice_requests_total{endpoint=\"/v1/chat/completions\",model=\"m\",status=\"200\",target=\"p0/ok\"} 1",
+        "sluice_request_duration_seconds_count{endpoint=\"/v1/chat/completions\",model=\"unknown\"} 3",
+    ];
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if needles.iter().all(|n| text.contains(n)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for needle in needles {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    assert!(!text.contains("no-such-model"), "a name sent became a label:\n{text}");
+    let lines = access_lines_matching(&gw, 1, |l| l["model"] == "no-such-model-c41e").await;
+    assert_eq!(lines.len(), 1, "the access log keeps the name as sent");
+    assert_eq!(lines[0]["status"], 404);
+}
+
 #[tokio::test]
 async fn every_response_carries_the_request_id_and_server_timing_and_one_access_line() {
     let mock = MockOpenAi::start().await;

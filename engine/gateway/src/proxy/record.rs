@@ -55,9 +55,17 @@ impl ClientText {
     }
 }
 
+/// The model label of requests for a model that is no configured alias.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let core = &ctx.core;
-    let model = core.model.as_deref().unwrap_or("");
+    // A metric's model is a configured alias: a name a client sent that is no alias (answered
+    // 404) counts as `unknown`, or every such name would stay in /metrics as series of its own.
+    let model = match core.model.as_deref() {
+        None => "",
+        Some(m) => gw.router.routes.get_key_value(m).map_or(UNKNOWN_MODEL, |(alias, _)| alias.as_str()),
+    };
     let target = core.target.as_ref().map_or("none", |t| t.name.as_str());
     // The label of a status is the code's own static text (no string per request).
     let code = http::StatusCode::from_u16(core.status).ok();
