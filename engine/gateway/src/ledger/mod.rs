@@ -45,6 +45,9 @@ pub struct LedgerSettings {
     pub memory_records: usize,
 }
 
+/// In-memory records whose room is taken at start (the embedded default keeps 10,000).
+const PREALLOCATED_RECORDS: usize = 10_000;
+
 pub struct Ledger {
     backend: Backend,
     outcomes: IntCounterVec,
@@ -76,7 +79,12 @@ pub struct LedgerWriter {
 impl Ledger {
     pub fn new(settings: LedgerSettings, outcomes: IntCounterVec) -> Self {
         let backend = match &settings.postgres {
-            None => Backend::Memory(Mutex::new(VecDeque::new()), settings.memory_records),
+            // The ring is made at its size (up to the default's) once: grown by doubling while it
+            // fills, each step would copy every record so far into fresh memory on the request path.
+            None => Backend::Memory(
+                Mutex::new(VecDeque::with_capacity(settings.memory_records.min(PREALLOCATED_RECORDS))),
+                settings.memory_records,
+            ),
             Some(_) => {
                 let (tx, rx) = mpsc::channel(settings.queue.max(1));
                 Backend::Postgres(Box::new(Shared {
