@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
-// Pingora's timeouts share 10 ms timer ticks and arm lazily: no timer-wheel wake per request.
 use pingora::proxy::Session;
+// Deadlines on Tokio's timers, armed only once the awaited future is pending; each worker keeps
+// a timer due sooner (`server::keep_a_timer_ahead`), so arming one wakes nothing.
 use pingora::time::tokio_timeout;
 use serde_json::Value;
 use sluice_core::ctx::Endpoint;

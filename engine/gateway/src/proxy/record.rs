@@ -56,7 +56,7 @@ impl ClientText {
 }
 
 /// The model label of requests for a model that is no configured alias.
-pub const UNKNOWN_MODEL: &str = "unknown";
+const UNKNOWN_MODEL: &str = "unknown";
 
 pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let core = &ctx.core;
