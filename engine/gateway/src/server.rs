@@ -13,7 +13,6 @@ use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::background_service;
-use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{
     ListenFds, RunArgs, RuntimeOpts, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -152,11 +151,8 @@ pub fn run(mut gateway: Gateway, listen: Option<String>) -> Result<(), String> {
     let gateway = Arc::new(gateway);
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
-        let mut proxy = http_proxy_service_with_name(
-            &server.configuration,
-            Worker(gateway.clone()),
-            &format!("sluice-{i}"),
-        );
+        let mut proxy =
+            pingora::services::listening::Service::new(format!("sluice-{i}"), Worker::new(gateway.clone()));
         proxy.threads = Some(1);
         proxy.add_tcp_with_settings(&worker_address(&listen, i), listeners.options());
         if let (Some(tls), Some(certs)) = (&settings.tls, &certs) {

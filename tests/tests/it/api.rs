@@ -263,3 +263,91 @@ async fn an_unchanged_body_reaches_the_provider_as_the_clients_own_bytes() {
     assert!(!text.contains("first text"), "the shadowed value went upstream: {text}");
     assert_eq!(seen.json()["messages"][0]["content"], "second text");
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`: its head and its body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("a content-length");
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed inside a body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
+            return (head, body);
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_serves_request_after_request() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let body = chat_body("m").to_string();
+    for i in 0..5 {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nx-request-id: keep-{i}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, answer) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("x-request-id: keep-{i}")), "{head}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["object"], "chat.completion");
+    }
+    // An error answer keeps the connection too: the next request on it is served.
+    let request = format!("GET /v1/nothing HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {KEY}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, answer) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(serde_json::from_str::<Value>(&answer).unwrap()["error"]["type"], "invalid_request_error");
+    let request = format!("GET /v1/models HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {KEY}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(mock.hits(), 5);
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_http_gets_an_openai_shaped_400_and_a_closed_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockOpenAi::start().await;
+    let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nno colon in this header line\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["code"], "malformed_http");
+    assert!(error["error"]["message"].as_str().unwrap().contains("not valid HTTP"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the connection must close after the 400");
+    // The gateway goes on serving.
+    let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.hits(), 1);
+}

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
 // Deadlines on Tokio's timers, armed only once the awaited future is pending; each worker keeps
 // a timer due sooner (`server::keep_a_timer_ahead`), so arming one wakes nothing.
 use pingora::time::tokio_timeout;
@@ -90,7 +90,7 @@ impl Failure {
 
 pub async fn forward(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut Ctx,
     mut request: Request,
 ) -> Result<(), GatewayError> {
@@ -657,7 +657,7 @@ async fn read_all(body: &mut ReplyBody) -> Result<Bytes, Failure> {
 /// Sends the chosen target's answer downstream.
 async fn deliver(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut Ctx,
     request: &Request,
     mut reply: UpstreamReply,
@@ -697,7 +697,7 @@ async fn deliver(
     h.insert_header("cache-control", "no-cache").map_err(write_error)?;
     h.insert_header("transfer-encoding", "chunked").map_err(write_error)?;
     let started = Instant::now();
-    session.write_response_header(Box::new(h), false).await.map_err(write_error)?;
+    session.write_response_header(Box::new(h)).await.map_err(write_error)?;
     ctx.downstream_time += started.elapsed();
 
     let mut tracker = SseTracker::new(hide_usage);
@@ -732,7 +732,7 @@ async fn deliver(
                 let out = outward(out);
                 if !out.is_empty() {
                     let wrote = Instant::now();
-                    let sent = session.write_response_body(Some(out), false).await;
+                    let sent = session.write_response_body(out, false).await;
                     ctx.downstream_time += wrote.elapsed();
                     if sent.is_err() {
                         break Err(StreamEnd::ClientGone);
@@ -757,7 +757,7 @@ async fn deliver(
                     };
                 }
                 let out = outward(tracker.feed(rest, |_| {}));
-                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                if !out.is_empty() && session.write_response_body(out, false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
                 }
                 break ended(&tracker);
@@ -770,7 +770,7 @@ async fn deliver(
                     None => Bytes::new(),
                 };
                 let out = outward(tracker.feed(rest, |_| {}));
-                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                if !out.is_empty() && session.write_response_body(out, false).await.is_err() {
                     break Err(StreamEnd::ClientGone);
                 }
                 break ended(&tracker);
@@ -818,8 +818,7 @@ async fn deliver(
     }
     let wrote = Instant::now();
     let tail = outward(tail.freeze());
-    let end = if tail.is_empty() { None } else { Some(tail) };
-    let _ = session.write_response_body(end, true).await;
+    let _ = session.write_response_body(tail, true).await;
     ctx.downstream_time += wrote.elapsed();
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The inbound side of a request: which route it is, who sent it, and its body, read once and bounded.
 
 use bytes::BytesMut;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use sluice_core::ctx::Endpoint;
 use sluice_core::{ErrorKind, GatewayError};
 
@@ -36,7 +36,7 @@ pub fn route(method: &str, path: &str) -> RouteKind {
 }
 
 /// The gateway key, from `Authorization: Bearer`, `x-api-key` or `api-key` (Azure SDKs).
-pub fn credential(session: &Session) -> Option<String> {
+pub fn credential(session: &ServerSession) -> Option<String> {
     let h = &session.req_header().headers;
     if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
@@ -52,14 +52,14 @@ pub fn credential(session: &Session) -> Option<String> {
 }
 
 /// A client-sent request id worth keeping: short and printable.
-pub fn request_id(session: &Session) -> Option<String> {
+pub fn request_id(session: &ServerSession) -> Option<String> {
     let v = session.req_header().headers.get("x-request-id")?.to_str().ok()?;
     (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.to_owned())
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with a 413 (before reading, when the
 /// declared length already says so).
-pub async fn body(session: &mut Session, limit: usize) -> Result<BytesMut, GatewayError> {
+pub async fn body(session: &mut ServerSession, limit: usize) -> Result<BytesMut, GatewayError> {
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,

@@ -1,22 +1,22 @@
-//! The request lifecycle, in the order Pingora runs it.
+//! The request lifecycle, in the order [`Worker::serve`] runs it on Pingora's HTTP server.
 //!
 //! ```text
-//! early_request_filter  request id, start instant
-//! request_filter        route table → /health, /metrics, or the API:
-//!                         credential → body (bounded, read once) → parse once → plugin chain
-//!                         → forward: targets in fallback order, each attempt over pingora's
-//!                           pooled connector (h1/h2, TLS); retry only before the first byte went
-//!                           downstream → answer: JSON whole, or SSE chunk by chunk
-//!                       → always answered here (returns true), so Pingora's own upstream phase
-//!                         (`upstream_peer`) never runs
-//! fail_to_proxy         a Pingora-level error: rendered by the same OpenAI-shaped renderer
-//! logging               metrics, one JSON access-log line, plugin on_complete
+//! read_request   the request header (a malformed one: OpenAI-shaped 400, connection closed)
+//! early          request id, start instant
+//! request        route table → /health, /metrics, or the API:
+//!                  credential → body (bounded, read once) → parse once → plugin chain
+//!                  → forward: targets in fallback order, each attempt over pingora's pooled
+//!                    connector (h1/h2, TLS); retry only before the first byte went downstream
+//!                  → answer: JSON whole, or SSE chunk by chunk; any failure rendered as
+//!                    OpenAI's error by the one renderer (`respond::error`)
+//! logging        plugin on_complete, metrics, one JSON access-log line, the cost record
+//! finish         the connection kept for the client's next request (HTTP/1 keep-alive)
 //! ```
 //!
-//! Why the upstream call is made in `request_filter` rather than through `upstream_peer`: Pingora can
-//! only replay a body it pre-read through its 64 KiB retry buffer, and a gateway must read the whole
-//! body (routing by `model`, plugins, translation) and resend it on fallback. `docs/lifecycle.md`
-//! tells the full reasoning.
+//! Why Sluice is an `HttpServerApp` and makes the upstream call itself rather than going through
+//! pingora-proxy's `ProxyHttp` and `upstream_peer`: Pingora can only replay a body it pre-read
+//! through its 64 KiB retry buffer, and a gateway must read the whole body (routing by `model`,
+//! plugins, translation) and resend it on fallback. `docs/lifecycle.md` tells the full reasoning.
 
 /// `Box::new(value)` with the box taken first, so that `value` is built in it: `Box::new` builds
 /// its argument on the stack and copies it over, kilobytes for a large future.
@@ -35,10 +35,14 @@ mod respond;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
-use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -46,6 +50,7 @@ use sluice_core::ctx::Endpoint;
 use sluice_core::money::{Micros, Pricing};
 use sluice_core::wire::Request;
 use sluice_core::{ErrorKind, Flow, GatewayError, Plugin, RequestCtx};
+use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -109,21 +114,116 @@ impl Ctx {
     }
 }
 
-/// One worker thread's handle on the shared gateway: every worker thread runs a Pingora service of
-/// its own (see `server::run`), and they all serve the same [`Gateway`].
-pub struct Worker(pub Arc<Gateway>);
+/// One worker thread's server: every worker thread runs a Pingora service of its own (see
+/// `server::run`), and they all serve the same [`Gateway`]. It is Pingora's HTTP server
+/// application itself (`HttpServerApp`), not a `ProxyHttp` behind pingora-proxy: Sluice answers
+/// every request in its own lifecycle (the upstream exchange included, see `forward`), so
+/// pingora-proxy's request machinery (cache, subrequests, modules, its upstream phases) would only
+/// be carried along — and its state machine, 10 KiB, copied into a box for every request.
+pub struct Worker {
+    gateway: Arc<Gateway>,
+    /// Set when the service stops: connections idle between requests close instead of waiting.
+    closed: AtomicBool,
+    closing: Notify,
+}
+
+impl Worker {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway, closed: AtomicBool::new(false), closing: Notify::new() }
+    }
+}
 
 impl std::ops::Deref for Worker {
     type Target = Gateway;
 
     fn deref(&self) -> &Gateway {
-        &self.0
+        &self.gateway
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Worker {
-    type CTX = Ctx;
+impl HttpServerApp for Worker {
+    /// One request of a downstream connection (HTTP/1: called again while it is kept alive; HTTP/2:
+    /// once per stream). Written out rather than through `async_trait`, which would build the
+    /// request's future on the stack and copy it into its box: [`Worker::serve`]'s future is made
+    /// in its box.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: ServerSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let serve = boxed!(self.serve(session, shutdown));
+        Box::into_pin(serve)
+    }
+
+    fn http_cleanup<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl Worker {
+    /// The lifecycle of one request, in order: the request header, [`Worker::early`],
+    /// [`Worker::request`] (always answers), [`Worker::logging`]; then the connection, when the
+    /// client may send another request on it.
+    async fn serve(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // Biased: a request already buffered is read even when the service is stopping.
+            biased;
+            read = session.read_request() => read,
+            () = self.stopped() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed (a kept-alive connection it no longer needs).
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype() == &ErrorType::InvalidHTTPHeader {
+                    respond::malformed(&mut session).await;
+                }
+                log::debug!("cannot read a request header: {e}");
+                session.shutdown().await;
+                return None;
+            }
+        }
+        // No keep-alive while stopping, nor after CONNECT (its framing is not a request's).
+        if *shutdown.borrow() || session.req_header().method == http::Method::CONNECT {
+            session.set_keepalive(None);
+        }
+        let mut ctx = self.new_ctx();
+        self.early(&session, &mut ctx);
+        self.request(&mut session, &mut ctx).await;
+        self.logging(&session, &mut ctx).await;
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(e) => {
+                log::debug!("cannot finish a response: {e}");
+                None
+            }
+        }
+    }
+
+    /// Returns once the service stops (at once if it has).
+    async fn stopped(&self) {
+        let notified = self.closing.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.closed.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
@@ -139,22 +239,17 @@ impl ProxyHttp for Worker {
         }
     }
 
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
-        // None. Pingora's default adds a response-compression module (disabled), which still
-        // allocates its state and runs its filters on every request; Sluice compresses nothing.
-    }
-
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+    /// The request's id (the client's `x-request-id` when sane) and its start.
+    fn early(&self, session: &ServerSession, ctx: &mut Ctx) {
         ctx.core.started = Instant::now();
         ctx.core.received_at = std::time::SystemTime::now();
         ctx.core.request_id = inbound::request_id(session).unwrap_or_else(new_request_id);
-        Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        // Boxed: the whole request's state machine lives on the heap once, instead of inside the
-        // future Pingora moves around for every request (several KiB copied each time), and made
-        // in its box (`boxed!`) rather than copied into it.
+    /// Answers the request, whatever happens: a failure is rendered as OpenAI's error.
+    async fn request(&self, session: &mut ServerSession, ctx: &mut Ctx) {
+        // Boxed: the request's state machine lives on the heap once, made in its box (`boxed!`)
+        // rather than copied into it; the futures around it stay small.
         let outcome = Box::into_pin(boxed!(self.handle(session, ctx))).await;
         if let Err(e) = outcome {
             if session.response_written().is_none()
@@ -164,32 +259,10 @@ impl ProxyHttp for Worker {
             }
             ctx.error = Some(e);
         }
-        Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        // Every request is answered in request_filter; reaching this is a bug.
-        Error::e_explain(ErrorType::InternalError, "upstream_peer is not used by Sluice")
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let error = GatewayError::internal(format!(
-            "The gateway failed to handle the request: {}",
-            e.etype().as_str()
-        ));
-        let code = if session.response_written().is_some() {
-            0
-        } else {
-            match respond::error(session, ctx, &error).await {
-                Ok(()) => error.status(),
-                Err(_) => 0,
-            }
-        };
-        ctx.error = Some(error);
-        FailToProxy { error_code: code, can_reuse_downstream: false }
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    /// After the answer: its cost, the plugins' `on_complete`, metrics and the access line.
+    async fn logging(&self, session: &ServerSession, ctx: &mut Ctx) {
         if ctx.core.status == 0 {
             ctx.core.status = session.response_written().map_or(0, |h| h.status.as_u16());
         }
@@ -204,13 +277,13 @@ impl ProxyHttp for Worker {
         for plugin in self.plugins.iter().filter(|p| p.phases().complete) {
             plugin.on_complete(&ctx.core).await;
         }
-        record::record(self, session, e, ctx);
+        record::record(self, session, ctx);
     }
 }
 
 impl Gateway {
     /// Dispatches one request; any error is rendered by the caller.
-    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut Ctx) -> Result<(), GatewayError> {
         let req = session.req_header();
         let route = inbound::route(req.method.as_str(), req.uri.path());
         ctx.route_label = match route {
@@ -288,7 +361,7 @@ impl Gateway {
 
     async fn api(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut Ctx,
         endpoint: Endpoint,
     ) -> Result<(), GatewayError> {
@@ -340,7 +413,7 @@ impl Gateway {
     }
 
     /// `GET /v1/models`: the aliases the caller's key may use, in OpenAI's list shape.
-    async fn list_models(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    async fn list_models(&self, session: &mut ServerSession, ctx: &mut Ctx) -> Result<(), GatewayError> {
         let data: Vec<_> = self
             .router
             .routes

@@ -1,8 +1,7 @@
 //! The `logging` phase's output: metrics, the one access-log line and, for API requests, the cost
 //! record of a finished request.
 
-use pingora::Error;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use sluice_core::money::{Usd, UsdText};
 use sluice_core::record::CostRecord;
 
@@ -58,7 +57,7 @@ impl ClientText {
 /// The model label of requests for a model that is no configured alias.
 const UNKNOWN_MODEL: &str = "unknown";
 
-pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
+pub fn record(gw: &Gateway, session: &ServerSession, ctx: &Ctx) {
     let core = &ctx.core;
     // A metric's model is a configured alias: a name a client sent that is no alias (answered
     // 404) counts as `unknown`, or every such name would stay in /metrics as series of its own.
@@ -123,10 +122,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Ctx) {
             .opt_str(key!("key_id"), identity.map(|i| i.key_id.as_str()))
             .opt_str(key!("team"), identity.map(|i| i.team.as_str()))
             .opt_str(key!("app"), identity.map(|i| i.app.as_str()))
-            .opt_str(
-                key!("error"),
-                ctx.error.as_ref().map(|e| e.message.as_str()).or(e.map(|_| "proxy error")),
-            )
+            .opt_str(key!("error"), ctx.error.as_ref().map(|e| e.message.as_str()))
             .opt_str(key!("client"), client.as_ref().map(ClientText::as_str));
     });
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::{ErrorType, OrErr};
 use sluice_core::GatewayError;
 use sluice_core::duration::push_millis;
@@ -69,26 +69,31 @@ static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempt
 
 /// A complete answer with a known length.
 pub async fn full(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut Ctx,
     mut h: ResponseHeader,
     body: Bytes,
 ) -> pingora::Result<()> {
     h.insert_header("content-length", HeaderValue::from(body.len()))?;
     let started = std::time::Instant::now();
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await?;
     ctx.downstream_time += started.elapsed();
     Ok(())
 }
 
-pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+pub async fn json(
+    session: &mut ServerSession,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
     let h = header(ctx, status, "application/json")?;
     full(session, ctx, h, Bytes::from(body)).await
 }
 
 /// Renders `e` as OpenAI's error body with its status (and `Retry-After`, `Allow` where due).
-pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> pingora::Result<()> {
+pub async fn error(session: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> pingora::Result<()> {
     let mut h = header(ctx, e.status(), "application/json")?;
     if let Some(s) = e.retry_after {
         h.insert_header("retry-after", s.to_string())?;
@@ -104,4 +109,22 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> pi
         e.to_json()
     };
     full(session, ctx, h, Bytes::from(body)).await
+}
+
+/// Answers a request whose header could not be parsed (no request to route, no context): OpenAI's
+/// 400 with a body that says so, and the connection closed after it.
+pub async fn malformed(session: &mut ServerSession) {
+    let error =
+        GatewayError::invalid_request("The request is not valid HTTP: its header could not be parsed.")
+            .with_code("malformed_http");
+    let body = Bytes::from(error.to_json());
+    let answer = async {
+        let mut h = ResponseHeader::build(400, Some(3))?;
+        h.insert_header(CONTENT_TYPE, "application/json")?;
+        h.insert_header("content-length", HeaderValue::from(body.len()))?;
+        session.write_error_response(h, body).await
+    };
+    if let Err(e) = answer.await {
+        log::debug!("cannot answer a malformed request: {e}");
+    }
 }
