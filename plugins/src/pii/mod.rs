@@ -104,16 +104,24 @@ impl Pii {
     pub fn new(config: &PiiConfig) -> Result<Self, String> {
         let mut kinds: Vec<(Kind, Vec<String>)> = scanner::builtin()
             .into_iter()
-            .map(|(name, token, patterns, validate)| {
+            .map(|b| {
                 (
-                    Kind { name: name.into(), token: token.into(), validate },
-                    patterns.into_iter().map(str::to_owned).collect(),
+                    Kind {
+                        name: b.name.into(),
+                        token: b.token.into(),
+                        validate: b.validate,
+                        candidate: b.candidate,
+                    },
+                    b.patterns.into_iter().map(str::to_owned).collect(),
                 )
             })
             .collect();
         for (name, c) in &config.custom {
             let token = c.token.clone().unwrap_or_else(|| name.to_ascii_uppercase());
-            kinds.push((Kind { name: name.clone(), token, validate: None }, vec![c.pattern.clone()]));
+            kinds.push((
+                Kind { name: name.clone(), token, validate: None, candidate: None },
+                vec![c.pattern.clone()],
+            ));
         }
         let scanner = Scanner::new(kinds).map_err(|e| format!("custom: {e}"))?;
         let resolve = |overrides: &BTreeMap<String, Action>| -> Result<Vec<Action>, String> {

@@ -1,9 +1,11 @@
 //! The PII scanner: one Vectorscan database of every kind's pattern, compiled at start, and the
 //! validators that cut false positives (SSN number rules, Luhn and card prefixes, IBAN mod 97).
 //!
-//! A text is first scanned with a database in single-match mode (each pattern reports at most
-//! once, no start offsets: the cheapest scan, and most texts are clean); only a text with a hit is
-//! scanned again with a start-of-match database for the offsets, and each match is validated.
+//! A text is first scanned in single-match mode (each pattern reports at most once, no start
+//! offsets: the cheapest scan, and most texts are clean); only a text with a hit is scanned again
+//! with a start-of-match database for the offsets, and each match is validated. The first pass
+//! may use a kind's *candidate* form instead of its patterns: a pattern that every match of them
+//! also matches, cheaper to run, compiled into a database of its own (see [`Builtin::candidate`]).
 //! Scratch space is per thread (Vectorscan's scratch may not be shared).
 
 use std::cell::RefCell;
@@ -20,6 +22,8 @@ pub struct Kind {
     /// The redaction token's word, e.g. `EMAIL` for `[EMAIL_1]`.
     pub token: String,
     pub validate: Option<Validator>,
+    /// The kind's candidate form for the first pass, if it has one ([`Builtin::candidate`]).
+    pub candidate: Option<&'static str>,
 }
 
 /// One match: the kind (index into the scanner's kinds) and its byte range.
@@ -35,7 +39,9 @@ pub struct Scanner {
     kinds: Vec<Kind>,
     /// Pattern id → kind index.
     pattern_kind: Vec<usize>,
-    detect: BlockDatabase,
+    /// The first pass: the patterns of the kinds without a candidate form, then (a database of
+    /// their own) the candidate forms. Either may be absent when it would be empty.
+    detect: Vec<BlockDatabase>,
     locate: BlockDatabase,
     /// No pattern anchors to the start or end of a text (`^`, `$`, `\A`, `\z`, `\Z`), so a scan of
     /// several texts joined by newlines finds a candidate wherever a scan of each alone would.
@@ -57,15 +63,28 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// A validator of a candidate match's bytes.
 pub type Validator = fn(&[u8]) -> bool;
 
-/// A built-in kind: name, token word, patterns, validator.
-pub type Builtin = (&'static str, &'static str, Vec<&'static str>, Option<Validator>);
+/// A built-in kind.
+#[derive(Debug, Clone)]
+pub struct Builtin {
+    pub name: &'static str,
+    /// The redaction token's word.
+    pub token: &'static str,
+    pub patterns: Vec<&'static str>,
+    pub validate: Option<Validator>,
+    /// A pattern for the first pass that every match of `patterns` also matches (a superset:
+    /// a candidate only means "look closer"), scanned in a database apart from the others'.
+    /// For a kind whose patterns cost Vectorscan far more than their candidate form, alone and
+    /// above all beside the other kinds' (`email`: measured in docs/benchmarks.md).
+    pub candidate: Option<&'static str>,
+}
 
 /// The built-in kinds.
 pub fn builtin() -> Vec<Builtin> {
+    let kind = |name, token, patterns, validate| Builtin { name, token, patterns, validate, candidate: None };
     vec![
-        ("ssn", "SSN", vec![r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"], Some(valid_ssn)),
-        ("card", "CARD", vec![r"\b\d(?:[ -]?\d){12,18}\b"], Some(valid_card)),
-        (
+        kind("ssn", "SSN", vec![r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"], Some(valid_ssn as Validator)),
+        kind("card", "CARD", vec![r"\b\d(?:[ -]?\d){12,18}\b"], Some(valid_card)),
+        kind(
             "secret",
             "SECRET",
             vec![
@@ -79,13 +98,8 @@ pub fn builtin() -> Vec<Builtin> {
             ],
             None,
         ),
-        (
-            "email",
-            "EMAIL",
-            vec![r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b"],
-            None,
-        ),
-        (
+        Builtin { candidate: Some(EMAIL_CANDIDATE), ..kind("email", "EMAIL", vec![EMAIL], None) },
+        kind(
             "phone",
             "PHONE",
             vec![
@@ -95,7 +109,7 @@ pub fn builtin() -> Vec<Builtin> {
             ],
             None,
         ),
-        (
+        kind(
             "iban",
             "IBAN",
             vec![r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"],
@@ -104,34 +118,55 @@ pub fn builtin() -> Vec<Builtin> {
     ]
 }
 
+const EMAIL: &str = r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b";
+/// [`EMAIL`] from the last character before the `@` on: whatever `EMAIL` matches ends with a match
+/// of this. Without the unbounded run before the `@`, Vectorscan need not follow every word of a
+/// text as the start of an address.
+const EMAIL_CANDIDATE: &str = r"[A-Za-z0-9._%+\-]@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b";
+
 impl Scanner {
     /// Compiles the database of `kinds` (each with its patterns). Errors name the bad pattern.
     pub fn new(kinds: Vec<(Kind, Vec<String>)>) -> Result<Self, String> {
         let mut detect = Vec::new();
+        let mut candidates = Vec::new();
         let mut locate = Vec::new();
         let mut pattern_kind = Vec::new();
         let mut out_kinds = Vec::new();
         let mut joinable = true;
+        let first_pass = |expr: &str, id: usize, k: &Kind| {
+            let mut d = Pattern::with_flags(expr, CompileFlags::SINGLEMATCH)
+                .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
+            d.id = Some(id);
+            Ok::<_, String>(d)
+        };
         for (k, patterns) in kinds {
             for expr in patterns {
                 joinable &= !anchored(&expr);
                 let id = pattern_kind.len();
-                let mut d = Pattern::with_flags(expr.clone(), CompileFlags::SINGLEMATCH)
-                    .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
-                d.id = Some(id);
+                if k.candidate.is_none() {
+                    detect.push(first_pass(&expr, id, &k)?);
+                }
                 let mut l = Pattern::with_flags(expr.clone(), CompileFlags::SOM_LEFTMOST)
                     .map_err(|e| format!("{}: `{expr}`: {e}", k.name))?;
                 l.id = Some(id);
-                detect.push(d);
                 locate.push(l);
                 pattern_kind.push(out_kinds.len());
             }
+            if let Some(candidate) = k.candidate {
+                joinable &= !anchored(candidate);
+                candidates.push(first_pass(candidate, pattern_kind.len(), &k)?);
+            }
             out_kinds.push(k);
         }
-        let detect: BlockDatabase =
-            Patterns::from(detect).build().map_err(|e| format!("cannot compile the PII patterns: {e}"))?;
-        let locate: BlockDatabase =
-            Patterns::from(locate).build().map_err(|e| format!("cannot compile the PII patterns: {e}"))?;
+        let compile = |patterns: Vec<Pattern>| -> Result<BlockDatabase, String> {
+            Patterns::from(patterns).build().map_err(|e| format!("cannot compile the PII patterns: {e}"))
+        };
+        let detect = [detect, candidates]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        let locate = compile(locate)?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             kinds: out_kinds,
@@ -194,15 +229,19 @@ impl Scanner {
     }
 
     fn detect_in(&self, text: &[u8], scratch: &Scratch) -> Result<bool, String> {
-        let mut hit = false;
-        self.detect
-            .scan(text, scratch, |_, _, _, _| {
+        for db in &self.detect {
+            let mut hit = false;
+            db.scan(text, scratch, |_, _, _, _| {
                 hit = true;
                 Matching::Terminate
             })
             .or_else(|e| if hit { Ok(()) } else { Err(e) })
             .map_err(|e| format!("scan: {e}"))?;
-        Ok(hit)
+            if hit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Runs `f` with this thread's scratch for the detect and the locate databases.
@@ -212,7 +251,11 @@ impl Scanner {
             let (d, l) = match map.entry(self.id) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let d = self.detect.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
+                    // One scratch for the first pass's databases, grown to fit each.
+                    let mut d = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
+                    for db in &self.detect {
+                        db.realloc_scratch(&mut d).map_err(|e| format!("scratch: {e}"))?;
+                    }
                     let l = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
                     e.insert((d, l))
                 }

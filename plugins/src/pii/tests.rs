@@ -167,3 +167,48 @@ fn patterns_anchored_to_a_text_are_still_found_in_every_message() {
     assert_eq!(r.body["messages"][1]["content"], "[BADGE_1]");
     assert_eq!(r.body["messages"][0]["content"], "hello");
 }
+
+#[test]
+fn a_kinds_candidate_form_matches_wherever_its_patterns_do() {
+    use hyperscan::prelude::*;
+    let matches = |expr: &str, text: &str| -> bool {
+        let db: BlockDatabase =
+            Pattern::with_flags(expr, CompileFlags::SINGLEMATCH).unwrap().build().unwrap();
+        let scratch = db.alloc_scratch().unwrap();
+        let mut hit = false;
+        let scanned = db.scan(text, &scratch, |_, _, _, _| {
+            hit = true;
+            Matching::Terminate
+        });
+        assert!(hit || scanned.is_ok(), "{expr}: {scanned:?}");
+        hit
+    };
+    let texts = [
+        "write to jane.doe+work@example.co.uk today",
+        "a@b.cc",
+        "x-y_z%1@mail-1.example.org.",
+        "(mail: first.last@sub.domain.museum)",
+        "two: a@x.io, b@y.io",
+        "jane@localhost",
+        "@example.com",
+        "no address here",
+    ];
+    let with_candidates: Vec<_> =
+        super::scanner::builtin().into_iter().filter(|b| b.candidate.is_some()).collect();
+    assert!(with_candidates.iter().any(|b| b.name == "email"));
+    for b in with_candidates {
+        let candidate = b.candidate.unwrap();
+        let mut found = 0;
+        for text in texts {
+            if b.patterns.iter().any(|p| matches(p, text)) {
+                found += 1;
+                assert!(matches(candidate, text), "{}: the candidate form misses {text:?}", b.name);
+            }
+        }
+        assert!(found >= 4, "{}: the samples must exercise the patterns", b.name);
+    }
+    // The scanner finds an address through the candidate form, joined with other texts too.
+    let p = pii();
+    assert!(p.scanner().detect_all(["clean text", "mail jane.doe@example.com now"].into_iter()).unwrap());
+    assert!(!p.scanner().detect_all(["clean text", "jane@localhost"].into_iter()).unwrap());
+}
