@@ -32,12 +32,11 @@ mod inbound;
 mod record;
 mod respond;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
