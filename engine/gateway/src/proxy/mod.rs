@@ -247,9 +247,7 @@ impl Worker {
 
     /// Answers the request, whatever happens: a failure is rendered as OpenAI's error.
     async fn request(&self, session: &mut ServerSession, ctx: &mut Ctx) {
-        // Boxed: the request's state machine lives on the heap once, made in its box (`boxed!`)
-        // rather than copied into it; the futures around it stay small.
-        let outcome = Box::into_pin(boxed!(self.handle(session, ctx))).await;
+        let outcome = self.handle(session, ctx).await;
         if let Err(e) = outcome {
             if session.response_written().is_none()
                 && let Err(write) = respond::error(session, ctx, &e).await
