@@ -139,10 +139,9 @@ impl Request {
             )
             .with_code("invalid_json")
         };
-        let doc = {
-            let tape = tape(bytes).map_err(|_| invalid())?;
-            Doc::from_tape(&tape.0, bytes_len(&tape.0)).ok_or_else(invalid)?
-        };
+        let doc = with_tape(bytes, |nodes| Doc::from_tape(nodes, bytes_len(nodes)))
+            .map_err(|_| invalid())?
+            .ok_or_else(invalid)?;
         let kind = doc.root().kind();
         if kind != Kind::Object {
             return Err(GatewayError::invalid_request(format!(
@@ -262,24 +261,37 @@ impl Request {
     }
 }
 
-/// Documents up to this size are parsed with this thread's reused simd-json buffers; larger ones
-/// with buffers of their own, so a thread never keeps more than about this much.
+/// Documents up to this size are parsed with this thread's reused simd-json buffers and tape;
+/// larger ones with buffers of their own, so a thread never keeps more than about this much.
 const REUSED_BUFFERS: usize = 64 * 1024;
 
+/// A reused tape is kept while it holds no more nodes than this (a 64 KiB document of small
+/// values could leave a tape of several hundred KiB behind).
+const REUSED_NODES: usize = 4096;
+
 thread_local! {
-    static BUFFERS: std::cell::RefCell<simd_json::Buffers> =
-        std::cell::RefCell::new(simd_json::Buffers::new(REUSED_BUFFERS));
+    static BUFFERS: std::cell::RefCell<(simd_json::Buffers, simd_json::Tape<'static>)> =
+        std::cell::RefCell::new((simd_json::Buffers::new(REUSED_BUFFERS), simd_json::Tape(Vec::new())));
 }
 
-/// simd-json's tape of `bytes` (parsed in place). Its scratch buffers are reused per thread: made
-/// fresh, they cost about as much as tokenizing a small answer.
-fn tape(bytes: &mut [u8]) -> simd_json::Result<simd_json::Tape<'_>> {
+/// `read` applied to simd-json's tape of `bytes` (parsed in place). Its scratch buffers and the
+/// tape itself are reused per thread: made fresh, they cost about as much as tokenizing a small
+/// answer, and the tape grew by reallocation while it was filled.
+fn with_tape<T>(bytes: &mut [u8], read: impl FnOnce(&[Node<'_>]) -> T) -> simd_json::Result<T> {
     if bytes.len() > REUSED_BUFFERS {
-        return simd_json::to_tape(bytes);
+        return simd_json::to_tape(bytes).map(|tape| read(&tape.0));
     }
-    BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
-        Ok(mut buffers) => simd_json::to_tape_with_buffers(bytes, &mut buffers),
-        Err(_) => simd_json::to_tape(bytes),
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            let (buffers, kept_tape) = &mut *kept;
+            let mut tape = std::mem::replace(kept_tape, simd_json::Tape(Vec::new())).reset();
+            let out = simd_json::fill_tape(bytes, buffers, &mut tape).map(|()| read(&tape.0));
+            if tape.0.capacity() <= REUSED_NODES {
+                *kept_tape = tape.reset();
+            }
+            out
+        }
+        Err(_) => simd_json::to_tape(bytes).map(|tape| read(&tape.0)),
     })
 }
 
@@ -296,25 +308,26 @@ pub fn top_level_field<T>(bytes: &[u8], key: &str, read: impl FnOnce(Json<'_>) -
         return Some(read(Json::from(&value)));
     }
     let mut copy = bytes.to_vec();
-    let tape = tape(&mut copy).ok()?;
-    let nodes = &tape.0[..];
-    let Node::Object { len, .. } = *nodes.first()? else { return None };
-    let mut at = 1;
-    let mut found = None;
-    for _ in 0..len {
-        let Node::String(k) = *nodes.get(at)? else { return None };
-        at += 1;
-        let extent = match *nodes.get(at)? {
-            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
-            _ => 1,
-        };
-        if k == key {
-            found = Some(at..at + extent);
+    let value = with_tape(&mut copy, |nodes| {
+        let Node::Object { len, .. } = *nodes.first()? else { return None };
+        let mut at = 1;
+        let mut found = None;
+        for _ in 0..len {
+            let Node::String(k) = *nodes.get(at)? else { return None };
+            at += 1;
+            let extent = match *nodes.get(at)? {
+                Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+                _ => 1,
+            };
+            if k == key {
+                found = Some(at..at + extent);
+            }
+            at += extent;
         }
-        at += extent;
-    }
-    let nodes = nodes.get(found?)?;
-    Some(read(Doc::from_tape(nodes, bytes_len(nodes))?.root()))
+        let nodes = nodes.get(found?)?;
+        Doc::from_tape(nodes, bytes_len(nodes))
+    });
+    Some(read(value.ok()??.root()))
 }
 
 /// The bytes of the strings of `nodes`: room for a [`Doc`]'s text, found without a second pass
@@ -527,6 +540,26 @@ mod tests {
         assert_eq!(field(big.as_bytes(), "usage").unwrap()["prompt_tokens"], 7);
         assert_eq!(field(big.as_bytes(), "model").unwrap(), "e");
         assert_eq!(field(&big.as_bytes()[..100_000], "usage"), None, "cut short");
+    }
+
+    #[test]
+    fn a_thread_reuses_its_tape_and_reads_only_the_document_at_hand() {
+        let field = |b: &[u8], k: &str| top_level_field(b, k, |j| j.to_value());
+        // A long document first (the tape kept grows to fit it), a short one after, on one thread.
+        let long = format!(
+            r#"{{"usage":{{"prompt_tokens":1}},"items":[{}]}}"#,
+            vec!["{\"a\":[1,2]}"; 500].join(",")
+        );
+        assert_eq!(field(long.as_bytes(), "items").unwrap().as_array().map(Vec::len), Some(500));
+        assert_eq!(field(br#"{"usage":{"prompt_tokens":2}}"#, "usage").unwrap()["prompt_tokens"], 2);
+        assert_eq!(field(br#"{"other":1}"#, "items"), None);
+        let r =
+            parse(Endpoint::ChatCompletions, r#"{"model":"m2","messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap();
+        assert_eq!(r.model, "m2");
+        assert!(parse(Endpoint::ChatCompletions, r#"{"model":"m","messages":[}"#).is_err());
+        // A failed parse leaves the kept tape usable.
+        assert_eq!(field(br#"{"usage":3}"#, "usage").unwrap(), 3);
     }
 
     #[test]
