@@ -154,7 +154,8 @@ impl Scanner {
             }
             if let Some(candidate) = k.candidate {
                 joinable &= !anchored(candidate);
-                candidates.push(first_pass(candidate, pattern_kind.len(), &k)?);
+                // Its id is the kind's last pattern's (the first pass reads no ids anyway).
+                candidates.push(first_pass(candidate, pattern_kind.len().saturating_sub(1), &k)?);
             }
             out_kinds.push(k);
         }
