@@ -49,8 +49,9 @@ pub struct Scanner {
 }
 
 thread_local! {
-    /// Per thread, per scanner: scratch for the detect and the locate databases.
-    static SCRATCH: RefCell<HashMap<u64, (Scratch, Scratch)>> = RefCell::new(HashMap::new());
+    /// Per thread, per scanner: one scratch grown to fit each of its databases (scans of one
+    /// thread run one after the other, never nested).
+    static SCRATCH: RefCell<HashMap<u64, Scratch>> = RefCell::new(HashMap::new());
     /// Per thread: the texts of one [`Scanner::detect_all`] call, joined.
     static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -208,7 +209,7 @@ impl Scanner {
                 joined.extend_from_slice(text.as_bytes());
                 joined.push(b'\n');
             }
-            let hit = self.with_scratch(|d, _| self.detect_in(joined, d));
+            let hit = self.with_scratch(|scratch| self.detect_in(joined, scratch));
             if joined.capacity() > JOINED_KEPT {
                 *joined = Vec::new();
             }
@@ -226,7 +227,7 @@ impl Scanner {
         if injected("pii_scan") {
             return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
         }
-        self.with_scratch(|d, _| self.detect_in(text, d))
+        self.with_scratch(|scratch| self.detect_in(text, scratch))
     }
 
     fn detect_in(&self, text: &[u8], scratch: &Scratch) -> Result<bool, String> {
@@ -245,23 +246,21 @@ impl Scanner {
         Ok(false)
     }
 
-    /// Runs `f` with this thread's scratch for the detect and the locate databases.
-    fn with_scratch<T>(&self, f: impl FnOnce(&Scratch, &Scratch) -> Result<T, String>) -> Result<T, String> {
+    /// Runs `f` with this thread's scratch for this scanner's databases.
+    fn with_scratch<T>(&self, f: impl FnOnce(&Scratch) -> Result<T, String>) -> Result<T, String> {
         SCRATCH.with(|cell| {
             let mut map = cell.borrow_mut();
-            let (d, l) = match map.entry(self.id) {
+            let scratch = match map.entry(self.id) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    // One scratch for the first pass's databases, grown to fit each.
-                    let mut d = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
+                    let mut scratch = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
                     for db in &self.detect {
-                        db.realloc_scratch(&mut d).map_err(|e| format!("scratch: {e}"))?;
+                        db.realloc_scratch(&mut scratch).map_err(|e| format!("scratch: {e}"))?;
                     }
-                    let l = self.locate.alloc_scratch().map_err(|e| format!("scratch: {e}"))?;
-                    e.insert((d, l))
+                    e.insert(scratch)
                 }
             };
-            f(d, l)
+            f(scratch)
         })
     }
 
@@ -271,13 +270,13 @@ impl Scanner {
         if injected("pii_scan") {
             return Err("injected fault (SLUICE_FAULTS=pii_scan)".into());
         }
-        self.with_scratch(|d, l| {
-            if !self.detect_in(text, d)? {
+        self.with_scratch(|scratch| {
+            if !self.detect_in(text, scratch)? {
                 return Ok(Vec::new());
             }
             let mut found = Vec::new();
             self.locate
-                .scan(text, l, |id, from, to, _| {
+                .scan(text, scratch, |id, from, to, _| {
                     if let Some(kind) = self.pattern_kind.get(id as usize) {
                         found.push(Found { kind: *kind, from: from as usize, to: to as usize });
                     }
