@@ -252,8 +252,8 @@ fn pools(gateway: &Gateway) -> Vec<Arc<LoadBalancer<RoundRobin>>> {
     seen
 }
 
-/// A worker's proxy service, which first connects the worker thread to Redis (when state lives
-/// there), so that no request waits for the connection.
+/// A worker's proxy service, which first makes the worker thread's upstream connector and connects
+/// the thread to Redis (when state lives there), so that no request waits for either.
 struct WorkerService<S> {
     inner: S,
     gateway: Arc<Gateway>,
@@ -268,7 +268,12 @@ impl<S: ServiceWithDependents> ServiceWithDependents for WorkerService<S> {
         listeners_per_fd: usize,
         ready_notifier: ServiceReadyNotifier,
     ) {
-        // This runs on the worker's own runtime: the connection is the worker thread's.
+        // This runs on the worker's own runtime, before its listeners accept. The connector's two
+        // TLS contexts (HTTP/1 and HTTP/2) each read the system's CA bundle: about 60 ms apiece,
+        // which the thread's first request would otherwise wait for, with every request that
+        // queues behind it (and the connections a client opens meanwhile).
+        let _ = crate::routing::endpoints::connector();
+        // The Redis connection is the worker thread's too.
         if let Some(redis) = self.gateway.redis_warmup.clone() {
             tokio::spawn(async move { redis.connect().await });
         }
