@@ -45,6 +45,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 const KEY: &str = "sk-sluice-load-key";
+/// Answers timed right after start, each on a new connection.
+const FIRST_ANSWERS: usize = 8;
 
 /// Seconds each path is driven for before the next takes its turn.
 const SLICE: u64 = 2;
@@ -416,16 +418,16 @@ fn children(parent: u32) -> Vec<u32> {
     out
 }
 
-/// CPU time (user + system) of the processes, in clock ticks.
-fn cpu_ticks(pids: &[u32]) -> u64 {
+/// CPU time of the processes in clock ticks: (user, system).
+fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .map(|stat| {
             let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (tick(11), tick(12))
         })
-        .sum()
+        .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
 /// Context switches (voluntary + involuntary) of every thread of the processes.
@@ -462,9 +464,11 @@ struct Run {
     latencies: Vec<Duration>,
     overheads_us: Vec<u64>,
     errors: usize,
-    /// Requests sent, and the processes' CPU ticks and context switches over them (when measured).
+    /// Requests sent, and the processes' CPU ticks (user + system, and system alone) and context
+    /// switches over them (when measured).
     requests: u64,
     ticks: Option<u64>,
+    system_ticks: Option<u64>,
     switches: Option<u64>,
 }
 
@@ -480,6 +484,7 @@ impl Run {
             (a, b) => a.or(b),
         };
         self.ticks = add(self.ticks, other.ticks);
+        self.system_ticks = add(self.system_ticks, other.system_ticks);
         self.switches = add(self.switches, other.switches);
     }
 
@@ -487,6 +492,12 @@ impl Run {
     fn cpu_us_per_request(&self) -> Option<f64> {
         let ticks = self.ticks.filter(|t| *t > 0)?;
         Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / self.requests.max(1) as f64)
+    }
+
+    /// The part of the CPU time spent in the kernel, in percent.
+    fn system_percent(&self) -> Option<f64> {
+        let ticks = self.ticks.filter(|t| *t > 0)?;
+        Some(self.system_ticks? as f64 * 100.0 / ticks as f64)
     }
 
     fn switches_per_request(&self) -> Option<f64> {
@@ -560,7 +571,9 @@ async fn drive(
         }
     }
     if !pids.is_empty() {
-        run.ticks = Some(cpu_ticks(pids) - ticks_before);
+        let (user, system) = cpu_ticks(pids);
+        run.ticks = Some(user + system - ticks_before.0 - ticks_before.1);
+        run.system_ticks = Some(system - ticks_before.1);
         run.switches = Some(context_switches(pids) - switches_before);
     }
     run
@@ -701,6 +714,27 @@ async fn main() {
         body.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // A freshly started proxy's first answers, each on a connection of its own (so that, with
+    // SO_REUSEPORT, every worker thread very likely gets one): what a thread makes on first use
+    // shows here rather than in the timed runs.
+    let firsts: Vec<String> = {
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let mut out = Vec::new();
+        for (name, url, _) in &targets {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..FIRST_ANSWERS {
+                let sent = Instant::now();
+                let r = fresh.post(url).bearer_auth(sluice_key(0)).header("content-type", "application/json");
+                if let Ok(r) = r.body(body.clone()).send().await {
+                    let _ = r.bytes().await;
+                }
+                slowest = slowest.max(sent.elapsed());
+            }
+            out.push(format!("{name} {}", ms(slowest)));
+        }
+        out
+    };
+    println!("slowest of the first {FIRST_ANSWERS} answers after start, in ms: {}", firsts.join(", "));
     for (_, url, _) in &targets {
         // Warm-up: connections, caches, allocator.
         drive(&client, url, body.clone(), args.rate, 1, &[]).await;
@@ -718,20 +752,23 @@ async fn main() {
         run.latencies.sort();
         run.overheads_us.sort();
     }
-    println!("\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request | context switches/request |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| path | p50 ms | p95 ms | p99 ms | errors | CPU µs/request | of it in the kernel | context switches/request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, run) in &results {
         if run.latencies.is_empty() {
-            println!("| {name} | - | - | - | {} | - | - |", run.errors);
+            println!("| {name} | - | - | - | {} | - | - | - |", run.errors);
             continue;
         }
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
             ms(pct(&run.latencies, 0.50)),
             ms(pct(&run.latencies, 0.95)),
             ms(pct(&run.latencies, 0.99)),
             run.errors,
             run.cpu_us_per_request().map_or("-".into(), |c| format!("{c:.1}")),
+            run.system_percent().map_or("-".into(), |p| format!("{p:.0} %")),
             run.switches_per_request().map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
