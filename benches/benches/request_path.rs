@@ -23,6 +23,21 @@ fn route() -> Route {
     Route { ranks: vec![vec![target("a", 3), target("b", 1)], vec![target("c", 1)]] }
 }
 
+/// An OpenAI chat answer of about `size` bytes (its content padded), usage last.
+fn chat_answer(size: usize) -> Vec<u8> {
+    let shell = |content: &str| {
+        format!(
+            "{{\"id\":\"chatcmpl-AbC123\",\"object\":\"chat.completion\",\"created\":1732400000,\
+             \"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\
+             \"assistant\",\"content\":\"{content}\",\"refusal\":null}},\"logprobs\":null,\
+             \"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":120,\"completion_tokens\":50,\
+             \"total_tokens\":170}},\"system_fingerprint\":\"fp_0ba0d124f1\"}}"
+        )
+    };
+    let pad = size.saturating_sub(shell("").len());
+    shell(&"Sure, here is the answer. ".chars().cycle().take(pad).collect::<String>()).into_bytes()
+}
+
 fn request_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("request_path");
     for size in [1024, 10 * 1024, 100 * 1024] {
@@ -52,6 +67,20 @@ fn request_path(c: &mut Criterion) {
                 },
                 criterion::BatchSize::SmallInput,
             )
+        });
+    }
+    // The answer's `usage`, read from a non-streamed chat answer (the rest stepped over).
+    for size in [256, 2048, 16 * 1024] {
+        let answer = chat_answer(size);
+        group.throughput(Throughput::Bytes(answer.len() as u64));
+        group.bench_with_input(BenchmarkId::new("answer_usage", size), &answer, |b, answer| {
+            b.iter(|| {
+                black_box(sluice_core::wire::top_level_field(
+                    answer,
+                    "usage",
+                    sluice_core::usage::Usage::from_openai,
+                ))
+            })
         });
     }
     let route = route();
