@@ -1,7 +1,8 @@
 //! The end-to-end load benchmark: the same fixed request rate sent straight to a fast mock upstream,
 //! through Sluice, through plain Pingora and through nginx's plain `proxy_pass`, the paths taking
 //! turns in 2-second slices (so a shared machine's changing load falls on all alike); prints latency
-//! percentiles, the gateway's overhead and CPU time per request.
+//! percentiles, the gateway's overhead, CPU time per request (and the kernel's share of it), and
+//! first the slowest of a freshly started proxy's first answers.
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin load -- [--rate 1000] [--seconds 10] [--stream]
