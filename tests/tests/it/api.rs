@@ -327,7 +327,8 @@ async fn a_kept_alive_connection_serves_request_after_request() {
 }
 
 #[tokio::test]
-async fn a_request_that_is_not_http_gets_an_openai_shaped_400_and_a_closed_connection() {
+async fn a_request_that_is_not_http_gets_an_openai_shaped_400_a_closed_connection_an_access_line_and_a_count()
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockOpenAi::start().await;
     let gw = gateway_with_chain(&[&mock], &[(0, "ok")], "").await;
@@ -338,14 +339,32 @@ async fn a_request_that_is_not_http_gets_an_openai_shaped_400_and_a_closed_conne
         .unwrap();
     let (head, body) = read_response(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/json"), "{head}");
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["error"]["type"], "invalid_request_error");
     assert_eq!(error["error"]["code"], "malformed_http");
     assert!(error["error"]["message"].as_str().unwrap().contains("not valid HTTP"));
+    let request_id = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("the 400 names its request id: {head}"))
+        .trim()
+        .to_owned();
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "the connection must close after the 400");
+    // A platform engineer sees it: one access line under the id the client got, and a count in
+    // /metrics; no upstream was asked.
+    let lines = crate::access_lines_matching(&gw, 1, |l| l["request_id"] == request_id.as_str()).await;
+    assert_eq!(lines.len(), 1, "one access line for {request_id}");
+    assert_eq!(lines[0]["status"], 400);
+    assert!(lines[0]["error"].as_str().unwrap().contains("not valid HTTP"), "{}", lines[0]);
+    assert!(lines[0]["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{}", lines[0]);
+    let metrics = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let counted = "sluice_requests_total{endpoint=\"malformed\",model=\"\",status=\"400\",target=\"none\"} 1";
+    assert!(metrics.contains(counted), "missing `{counted}` in:\n{metrics}");
+    assert_eq!(mock.hits(), 0);
     // The gateway goes on serving.
     let r = post(&gw, "/v1/chat/completions", &chat_body("m")).await;
     assert_eq!(r.status(), 200);

@@ -189,7 +189,9 @@ impl Worker {
             Ok(false) => return None,
             Err(e) => {
                 if e.etype() == &ErrorType::InvalidHTTPHeader {
-                    respond::malformed(&mut session).await;
+                    let request_id = new_request_id();
+                    respond::malformed(&mut session, &request_id).await;
+                    record::malformed(self, &session, &request_id);
                 }
                 log::debug!("cannot read a request header: {e}");
                 session.shutdown().await;

@@ -127,6 +127,24 @@ pub fn record(gw: &Gateway, session: &ServerSession, ctx: &Ctx) {
     });
 }
 
+/// A request whose header did not parse (answered 400 `malformed_http`): no method, path, key or
+/// model to name, but a platform engineer still sees it — counted in `sluice_requests_total` under
+/// the endpoint `malformed`, and one access line with its id, status, error and client (a client
+/// that speaks something else to the port, or a scanner, shows here). No cost record: it reached no
+/// API.
+pub fn malformed(gw: &Gateway, session: &ServerSession, request_id: &str) {
+    gw.metrics.requests.with_label_values(&["malformed", "", "none", "400"]).inc();
+    let client = session.client_addr().map(ClientText::of);
+    crate::logging::access(|l| {
+        l.str(key!("level"), "info")
+            .str(key!("msg"), "access")
+            .str(key!("request_id"), request_id)
+            .num(key!("status"), 400)
+            .str(key!("error"), super::respond::MALFORMED)
+            .opt_str(key!("client"), client.as_ref().map(ClientText::as_str));
+    });
+}
+
 /// The ledger's record of an API request: whatever its outcome, unauthenticated ones included.
 fn cost_record(ctx: &Ctx, elapsed: std::time::Duration) -> CostRecord {
     let core = &ctx.core;

@@ -111,16 +111,19 @@ pub async fn error(session: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError)
     full(session, ctx, h, Bytes::from(body)).await
 }
 
+/// What a client whose request header does not parse is told (and its access line says).
+pub const MALFORMED: &str = "The request is not valid HTTP: its header could not be parsed.";
+
 /// Answers a request whose header could not be parsed (no request to route, no context): OpenAI's
-/// 400 with a body that says so, and the connection closed after it.
-pub async fn malformed(session: &mut ServerSession) {
-    let error =
-        GatewayError::invalid_request("The request is not valid HTTP: its header could not be parsed.")
-            .with_code("malformed_http");
+/// 400 with a body that says so and the `x-request-id` of its access line, and the connection
+/// closed after it.
+pub async fn malformed(session: &mut ServerSession, request_id: &str) {
+    let error = GatewayError::invalid_request(MALFORMED).with_code("malformed_http");
     let body = Bytes::from(error.to_json());
     let answer = async {
         let mut h = ResponseHeader::build(400, Some(3))?;
         h.insert_header(CONTENT_TYPE, "application/json")?;
+        h.insert_header(X_REQUEST_ID.clone(), value(request_id)?)?;
         h.insert_header("content-length", HeaderValue::from(body.len()))?;
         session.write_error_response(h, body).await
     };
