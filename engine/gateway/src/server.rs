@@ -268,12 +268,10 @@ impl<S: ServiceWithDependents> ServiceWithDependents for WorkerService<S> {
         listeners_per_fd: usize,
         ready_notifier: ServiceReadyNotifier,
     ) {
-        // This runs on the worker's own runtime, before its listeners accept. The connector's two
-        // TLS contexts (HTTP/1 and HTTP/2) each read the system's CA bundle: about 60 ms apiece,
-        // which the thread's first request would otherwise wait for, with every request that
-        // queues behind it (and the connections a client opens meanwhile).
-        let _ = crate::routing::endpoints::connector();
-        // The Redis connection is the worker thread's too.
+        // This runs on the worker's own runtime, before its listeners accept: the connector and
+        // the Redis connection are the worker thread's. Without the connector made here, the
+        // thread's first request waited for it, with every request queued behind it.
+        crate::routing::endpoints::make_connector();
         if let Some(redis) = self.gateway.redis_warmup.clone() {
             tokio::spawn(async move { redis.connect().await });
         }
@@ -321,9 +319,8 @@ struct Upkeep(Arc<LoadBalancer<RoundRobin>>);
 #[async_trait]
 impl BackgroundService for Upkeep {
     async fn start(&self, shutdown: ShutdownWatch) {
-        // The probes run on this thread: its connector (the CA bundle read twice, ~110 ms) is made
-        // before the first probe, whose latency /health reports.
-        let _ = crate::routing::endpoints::connector();
+        // The probes run on this thread; /health reports the first probe's latency too.
+        crate::routing::endpoints::make_connector();
         self.0.start(shutdown).await;
     }
 }

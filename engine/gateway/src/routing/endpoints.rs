@@ -197,6 +197,14 @@ pub fn connector() -> Arc<Connector> {
     CONNECTOR.with(Arc::clone)
 }
 
+/// Makes this thread's connector now, if it has none yet. Its two TLS contexts (HTTP/1 and HTTP/2)
+/// each read the system's CA bundle, about 110 ms in all, which the thread's first use would
+/// otherwise wait for: called where a thread starts (each worker before it accepts, the health
+/// probes' thread before its first probe).
+pub fn make_connector() {
+    CONNECTOR.with(|_| ());
+}
+
 /// Trusted roots for a provider's TLS certificates, when not the system's.
 pub type CaRoots = Arc<Box<[pingora::tls::x509::X509]>>;
 
